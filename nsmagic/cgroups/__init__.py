@@ -1,0 +1,93 @@
+"""Cgroups: the only place that chooses between the v1 and v2 backends."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from ..errors import CgroupError
+from .base import PREFIX, Cgroup, Limits, Usage, remove_dir
+from .layout import Layout, detect
+from .v1 import CgroupV1
+from .v2 import RUNNER_LEAF, CgroupV2
+
+__all__ = ["Cgroup", "Limits", "Usage", "Layout", "detect", "open_cgroup", "sweep",
+           "group_name", "owner_pid"]
+
+
+def group_name(run_id: str) -> str:
+    """nsmagic-<owner pid>-<run id>: the owner pid lets a later start sweep what a killed
+    runner could not remove."""
+    return f"{PREFIX}{os.getpid()}-{run_id}"
+
+
+def owner_pid(name: str) -> int | None:
+    rest = name[len(RUNNER_LEAF):] if name.startswith(RUNNER_LEAF) else name[len(PREFIX):]
+    head = rest.split("-")[0]
+    return int(head) if head.isdigit() else None
+
+
+def open_cgroup(run_id: str, limits: Limits, layout: Layout | None = None) -> Cgroup:
+    """A run's Cgroup for this machine's layout; not yet created."""
+    layout = layout or detect()
+    name = group_name(run_id)
+    if layout.kind == "v2":
+        return CgroupV2(name, limits, layout)
+    if layout.kind in ("v1", "hybrid"):
+        # Hybrid machines keep memory, cpu and pids on v1; their cgroup2 has none of them.
+        return CgroupV1(name, limits, layout)
+    raise CgroupError("no cgroup file system is mounted; mount one at /sys/fs/cgroup, "
+                      "or run without --mem, --cpus and --pids.")
+
+
+def _candidate_dirs(layout: Layout) -> list[str]:
+    parents = set()
+    for controller in layout.v1_mounts:
+        d = layout.v1_dir(controller)
+        if d:
+            parents.add(d)
+    if layout.v2_mount:
+        parents.add(os.path.join(layout.v2_mount, "nsmagic"))
+        own = layout.v2_dir()
+        if own:
+            parents.update((own, os.path.dirname(own)))
+    found = []
+    for parent in parents:
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        found += [os.path.join(parent, n) for n in names if n.startswith(PREFIX)]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def sweep(layout: Layout | None = None) -> list[str]:
+    """Remove groups left by runners that died (SIGKILL, a crashed kernel); returns them."""
+    layout = layout or detect()
+    removed = []
+    for path in _candidate_dirs(layout):
+        owner = owner_pid(os.path.basename(path))
+        if owner is None or owner == os.getpid() or _alive(owner):
+            continue
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                for pid in f.read().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            remove_dir(path)
+            removed.append(path)
+        except (OSError, CgroupError):
+            pass
+    return removed

@@ -1,0 +1,173 @@
+"""The one cgroup interface both backends (v1, v2) implement, and the Usage they both return."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..errors import CgroupError
+
+PREFIX = "nsmagic-"
+
+
+@dataclass
+class Usage:
+    """One sample of a run's cgroup counters. Sizes in bytes, times in microseconds."""
+
+    time: float                      # time.monotonic() when read
+    cpu_usec: int = 0                # CPU time used by all processes of the group
+    throttled_usec: int = 0          # time the CPU quota held the group back
+    nr_throttled: int = 0
+    memory_current: int = 0          # memory charged to the group, page cache included
+    memory_peak: int | None = None   # kernel's own high-water mark, where the kernel keeps one
+    inactive_file: int = 0           # reclaimable cache: current - inactive_file = working set
+    oom_kills: int = 0
+    pids_current: int = 0
+    pids_peak: int | None = None
+
+    @property
+    def working_set(self) -> int:
+        """What `docker stats` shows as memory usage."""
+        return max(0, self.memory_current - self.inactive_file)
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.memory, self.cpus, self.pids))
+
+
+CPU_PERIOD_USEC = 100_000
+
+
+class Cgroup(ABC):
+    """A run's cgroup, in every hierarchy it needs.
+
+    Contract: create() makes the group(s) and applies the limits; procs_files() names the
+    files a process writes "0" into to join; usage() reads every counter once (from files kept
+    open) and never raises once the group exists; kill() ends every process in the group and
+    returns when they are gone; destroy() removes the group(s) and may be called more than once.
+    """
+
+    version: str = ""
+
+    def __init__(self, name: str, limits: Limits):
+        self.name = name
+        self.limits = limits
+        self._fds: dict[str, int] = {}
+
+    @abstractmethod
+    def create(self) -> None: ...
+
+    @abstractmethod
+    def procs_files(self) -> list[str]: ...
+
+    @abstractmethod
+    def usage(self) -> Usage: ...
+
+    @abstractmethod
+    def pids(self) -> list[int]: ...
+
+    @abstractmethod
+    def kill(self) -> None: ...
+
+    @abstractmethod
+    def directories(self) -> list[str]: ...
+
+    def destroy(self) -> None:
+        self.close()
+        if self.pids():
+            self.kill()
+        for path in self.directories():
+            remove_dir(path)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    # Counters are read with pread on kept-open fds: ~16 µs a file instead of ~120 µs.
+    def _read(self, path: str) -> str | None:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+            self._fds[path] = fd
+        try:
+            return os.pread(fd, 65536, 0).decode()
+        except OSError:
+            return None
+
+
+def read_keyed(text: str | None) -> dict[str, int]:
+    """'key value' lines (memory.stat, cpu.stat, memory.events) into a dict."""
+    out = {}
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            pass
+    return out
+
+
+def read_int(text: str | None) -> int | None:
+    try:
+        return int((text or "").split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def write(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as err:
+        raise CgroupError(f"cannot write {value!r} to {path}: {err.strerror.lower()}; "
+                          f"{_hint(err)}") from err
+
+
+def _hint(err: OSError) -> str:
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "run as root, or delegate a writable cgroup subtree to this user."
+    if err.errno == errno.EBUSY:
+        return "a process or a child group still uses it."
+    if err.errno == errno.EINVAL:
+        return "the kernel refused the value; check the limit."
+    return "check the cgroup file system."
+
+
+def make_dir(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise CgroupError(f"cannot create cgroup {path}: {err.strerror.lower()}; "
+                          f"{_hint(err)}") from err
+
+
+def remove_dir(path: str, tries: int = 50) -> None:
+    """rmdir; a group whose last process just died can stay busy for a moment."""
+    for _ in range(tries):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            if err.errno != errno.EBUSY:
+                raise CgroupError(f"cannot remove cgroup {path}: {err.strerror.lower()}") from err
+            time.sleep(0.01)
+    raise CgroupError(f"cannot remove cgroup {path}: still busy after {tries * 10} ms; "
+                      "a process in it did not die.")

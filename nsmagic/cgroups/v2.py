@@ -1,0 +1,153 @@
+"""cgroup v2 backend: one unified directory per run. As root, runs live under a top-level
+`nsmagic` group; as a user with a delegated subtree, under the caller's own group, after
+moving the caller to a leaf (a group with controllers enabled may not hold processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from ..errors import CgroupError
+from .base import CPU_PERIOD_USEC, Cgroup, Limits, Usage, make_dir, read_int, read_keyed, write
+from .layout import WANTED_V2, Layout
+
+RUNNER_LEAF = "nsmagic-runner-"
+
+
+def run_parent(layout: Layout) -> str:
+    """The directory a run's group is made in; enables the controllers it needs on the way."""
+    mount = layout.v2_mount
+    if os.geteuid() == 0:
+        parent = os.path.join(mount, "nsmagic")
+        make_dir(parent)
+        _enable(mount, layout.v2_controllers())
+        _enable(parent, layout.v2_controllers())
+        return parent
+    own = layout.v2_dir()
+    if os.path.basename(own).startswith(RUNNER_LEAF):
+        return os.path.dirname(own)
+    if not os.access(os.path.join(own, "cgroup.subtree_control"), os.W_OK):
+        raise CgroupError(f"the cgroup {own} is not delegated to this user; run as root, or start "
+                          "the kernel in a delegated scope (systemd-run --user --scope -p "
+                          "Delegate=yes ...).")
+    leaf = os.path.join(own, f"{RUNNER_LEAF}{os.getpid()}")
+    make_dir(leaf)
+    for pid in open(os.path.join(own, "cgroup.procs")).read().split():
+        try:
+            write(os.path.join(leaf, "cgroup.procs"), pid)
+        except CgroupError:
+            pass  # a process that left meanwhile
+    _enable(own, _available(own))
+    return own
+
+
+def _available(path: str) -> list[str]:
+    try:
+        with open(os.path.join(path, "cgroup.controllers")) as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def _enable(path: str, available: list[str]) -> None:
+    wanted = [c for c in WANTED_V2 if c in available]
+    current = open(os.path.join(path, "cgroup.subtree_control")).read().split()
+    missing = [c for c in wanted if c not in current]
+    if missing:
+        write(os.path.join(path, "cgroup.subtree_control"), " ".join("+" + c for c in missing))
+
+
+class CgroupV2(Cgroup):
+    version = "v2"
+
+    def __init__(self, name: str, limits: Limits, layout: Layout):
+        super().__init__(name, limits)
+        self.layout = layout
+        self.parent: str | None = None
+        self.dir: str | None = None
+
+    def directories(self) -> list[str]:
+        return [self.dir] if self.dir else []
+
+    def create(self) -> None:
+        self.parent = run_parent(self.layout)
+        self.dir = os.path.join(self.parent, self.name)
+        make_dir(self.dir)
+        enabled = _available(self.dir)
+        m = self.limits
+        for flag, value, controller in (("--mem", m.memory, "memory"), ("--cpus", m.cpus, "cpu"),
+                                        ("--pids", m.pids, "pids")):
+            if value is not None and controller not in enabled:
+                raise CgroupError(f"the {controller} controller is not available in "
+                                  f"{self.parent}; enable it in its cgroup.subtree_control "
+                                  f"or drop {flag}.")
+        # --- memory: the limit, and swap held at zero so the limit is real
+        if m.memory is not None:
+            write(f"{self.dir}/memory.max", str(m.memory))
+            if os.path.exists(f"{self.dir}/memory.swap.max"):
+                write(f"{self.dir}/memory.swap.max", "0")
+        # --- cpu: quota per period
+        if m.cpus is not None:
+            write(f"{self.dir}/cpu.max", f"{int(m.cpus * CPU_PERIOD_USEC)} {CPU_PERIOD_USEC}")
+        # --- pids
+        if m.pids is not None:
+            write(f"{self.dir}/pids.max", str(m.pids))
+
+    def procs_files(self) -> list[str]:
+        return [f"{self.dir}/cgroup.procs"]
+
+    def usage(self) -> Usage:
+        d = self.dir
+        u = Usage(time=time.monotonic())
+        # --- memory
+        u.memory_current = read_int(self._read(f"{d}/memory.current")) or 0
+        u.memory_peak = read_int(self._read(f"{d}/memory.peak"))
+        u.inactive_file = read_keyed(self._read(f"{d}/memory.stat")).get("inactive_file", 0)
+        u.oom_kills = read_keyed(self._read(f"{d}/memory.events")).get("oom_kill", 0)
+        # --- cpu
+        stat = read_keyed(self._read(f"{d}/cpu.stat"))
+        u.cpu_usec = stat.get("usage_usec", 0)
+        u.nr_throttled = stat.get("nr_throttled", 0)
+        u.throttled_usec = stat.get("throttled_usec", 0)
+        # --- pids
+        u.pids_current = read_int(self._read(f"{d}/pids.current")) or 0
+        u.pids_peak = read_int(self._read(f"{d}/pids.peak"))
+        return u
+
+    def pids(self) -> list[int]:
+        try:
+            with open(f"{self.dir}/cgroup.procs") as f:
+                return sorted(int(p) for p in f.read().split())
+        except OSError:
+            return []
+
+    def kill(self) -> None:
+        if os.path.exists(f"{self.dir}/cgroup.kill"):     # 5.14+: one write kills the group
+            write(f"{self.dir}/cgroup.kill", "1")
+            for _ in range(200):
+                if not self.pids():
+                    return
+                time.sleep(0.005)
+            raise CgroupError(f"cannot kill the processes of {self.dir}: they did not die.")
+        for _ in range(100):                                # older: freeze, kill, thaw
+            pids = self.pids()
+            if not pids:
+                return
+            write(f"{self.dir}/cgroup.freeze", "1")
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            write(f"{self.dir}/cgroup.freeze", "0")
+            time.sleep(0.005)
+
+    def destroy(self) -> None:
+        super().destroy()
+        # The shared `nsmagic` parent goes when the last run leaves it; a busy one stays.
+        if self.parent and os.geteuid() == 0 and os.path.basename(self.parent) == "nsmagic":
+            try:
+                os.rmdir(self.parent)
+            except OSError:
+                pass

@@ -1,0 +1,210 @@
+"""Child side of a run. Three processes, each in its own role:
+
+helper   a small fresh interpreter (never a fork of the notebook kernel): reads the config,
+         creates the namespaces, forks PID 1, waits for it and reports its exit.
+init     PID 1 of the new PID namespace: joins the cgroup, builds the root, pivots, forks the
+         workload, forwards signals to it and reaps zombies. When it exits, the kernel kills
+         everything else in the namespace.
+workload the cell (or command): drops capabilities, closes fds, execs.
+
+Messages go to the parent as JSON lines on the status fd. Only the stdlib is imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+
+from ..errors import SetupError
+from ..rootfs import mounts
+from . import linux
+
+# Docker's default capability set, less CAP_MKNOD (there is no device cgroup to back it).
+KEEP_CAPS = {0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31}
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGWINCH)
+EXIT_SETUP, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
+
+
+class Status:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def send(self, **message) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        try:
+            os.write(self.fd, data)   # short JSON lines: one write, atomic on a pipe
+        except OSError:
+            pass
+
+
+def _exit_code(wait_status: int) -> int:
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code     # killed by signal n -> 128 + n, as Docker
+
+
+def main(config_fd: int, status_fd: int) -> None:
+    """The helper."""
+    with os.fdopen(config_fd, "rb") as f:
+        cfg = json.loads(f.read())
+    status = Status(status_fd)
+    # Die with the runner: the thread that forked us lives as long as the runner, and a
+    # runner that died before this line is caught by the getppid() check.
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != cfg["runner_pid"]:
+        os._exit(EXIT_SETUP)
+    try:
+        flags = (linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC |
+                 linux.CLONE_NEWPID)
+        if cfg["network"] == "none":
+            flags |= linux.CLONE_NEWNET
+        if cfg["rootless"]:
+            _enter_user_namespace()
+        mounts.step("create namespaces", "(pid, mount, uts, ipc, net)", linux.unshare, flags)
+    except SetupError as err:
+        status.send(error=str(err), code=EXIT_SETUP)
+        os._exit(EXIT_SETUP)
+    # PID 1 sees getppid() == 0, so it learns of the helper's death from this pipe's EOF.
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(alive_w)
+        try:
+            _init(cfg, status, alive_r)
+        except SetupError as err:
+            status.send(error=str(err), code=EXIT_SETUP)
+        except BaseException as err:  # noqa: BLE001 - a PID 1 must never print a traceback
+            status.send(error=f"container setup failed: {err!r}", code=EXIT_SETUP)
+        os._exit(EXIT_SETUP)
+    os.close(alive_r)
+    status.send(pid1=pid)
+    while True:
+        try:
+            _, wait_status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    code = _exit_code(wait_status)
+    status.send(exit=code)
+    os._exit(code)
+
+
+def _enter_user_namespace() -> None:
+    """Root inside, the calling user outside: a one-line map a process may write itself."""
+    uid, gid = os.geteuid(), os.getegid()
+    mounts.step("create", "a user namespace", linux.unshare, linux.CLONE_NEWUSER)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def _init(cfg: dict, status: Status, helper_alive: int) -> None:
+    """PID 1: set the container up, run the workload, forward signals, reap, exit with it."""
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if select.select([helper_alive], [], [], 0)[0]:   # EOF: the helper died before prctl
+        os._exit(EXIT_SETUP)
+    os.close(helper_alive)
+    linux.set_name("nsmagic-init")
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)   # no /proc/1/exe for the workload (CVE-2019-5736)
+    # --- cgroup: join, then a cgroup namespace so the group looks like the root inside
+    for path in cfg["cgroup_procs"]:
+        try:
+            with open(path, "w") as f:
+                f.write("0")
+        except OSError as err:
+            raise SetupError(f"can't join the cgroup {os.path.dirname(path)}: "
+                             f"{err.strerror.lower()}") from err
+    if cfg["cgroup_procs"]:
+        mounts.step("create", "a cgroup namespace", linux.unshare, linux.CLONE_NEWCGROUP)
+    # --- root file system. Sources are opened in this mount namespace (overlay refuses a
+    # lower layer from another one) and before the scratch tmpfs covers /tmp.
+    fds = mounts.open_sources(cfg["plan"])
+    root = mounts.build_root(cfg["plan"], fds, cfg["rootless"])
+    mounts.write_identity(root, cfg["hostname"])
+    mounts.mount_kernel_fs(root, cfg["rootless"], cfg["cgroup_mounts"])
+    for fd in fds.values():
+        os.close(fd)
+    mounts.enter_root(root, cfg["plan"]["read_only"])
+    # --- host name and network
+    mounts.step("set the host name", cfg["hostname"], socket.sethostname, cfg["hostname"])
+    if cfg["network"] == "none":
+        mounts.step("bring up", "lo", linux.loopback_up)
+    # --- the workload
+    forward_to = []
+    for sig in FORWARDED:
+        signal.signal(sig, lambda s, _f: [_kill_group(p, s) for p in forward_to])
+    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(exec_r)
+        _workload(cfg, exec_w)
+    os.close(exec_w)
+    forward_to.append(pid)
+    failure = os.read(exec_r, 4096)
+    os.close(exec_r)
+    if failure:
+        message, code = json.loads(failure)
+        status.send(error=message, code=code)
+    while True:   # reap every child that gets re-parented to us; leave with the workload
+        try:
+            reaped, wait_status = os.wait()
+        except ChildProcessError:
+            os._exit(EXIT_SETUP)
+        if reaped == pid:
+            os._exit(_exit_code(wait_status))
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    for target in (-pid, pid):   # its process group first (a shell pipeline), then itself
+        try:
+            os.kill(target, sig)
+        except OSError:
+            pass
+
+
+def _workload(cfg: dict, exec_w: int) -> None:
+    try:
+        os.setsid()
+        for sig in FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)   # Python ignores SIGPIPE; programs expect it
+        workdir = cfg["workdir"]
+        os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
+        if not os.getcwd().startswith("/"):   # a cwd outside the root (CVE-2024-21626)
+            raise SetupError(f"the working directory {workdir} is outside the container.")
+        user = cfg["user"]
+        if user:
+            os.setgroups([])
+            os.setgid(user[1])
+            os.setuid(user[0])
+        linux.limit_capabilities(KEEP_CAPS)
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+        # Only 0, 1, 2 and the exec-error pipe (close-on-exec) survive into the workload.
+        os.dup2(exec_w, 3, inheritable=False)
+        os.closerange(4, 1 << 16)
+        argv, env = cfg["argv"], dict(cfg["env"])
+    except (OSError, SetupError) as err:
+        os.write(exec_w, json.dumps([f"can't prepare the workload: {err}", EXIT_SETUP]).encode())
+        os._exit(EXIT_SETUP)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as err:
+        if err.errno == 2:
+            message = (f"{argv[0]}: not found in the container"
+                       + ("; with --rootfs, give a command the root has (such as sh)"
+                          if cfg["python_cell"] and cfg["custom_root"] else
+                          "; check the name and PATH"))
+            code = EXIT_NOT_FOUND
+        else:
+            message = f"{argv[0]}: cannot be executed in the container: {err.strerror.lower()}"
+            code = EXIT_NOT_EXECUTABLE
+        os.write(3, json.dumps([message, code]).encode())
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))

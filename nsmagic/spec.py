@@ -1,0 +1,326 @@
+"""Every option of a run, parsed and validated once; shared by the magic and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from .errors import SpecError
+
+NETWORKS = ("none", "host")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_size(text: str, what: str = "--mem") -> int:
+    """'100M', '1.5G', '512Ki', '4096' -> bytes. Docker's units: K, M, G, T are powers of 1024."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise SpecError(f"{what} {text!r} is not a size; write a number with an optional unit, "
+                        "such as 64M, 1.5G or 512Ki.")
+    number, unit, _ = m.groups()
+    value = int(float(number) * 1024 ** _POWERS[unit.lower()])
+    if value <= 0:
+        raise SpecError(f"{what} {text!r} is zero; give a positive size such as 64M.")
+    return value
+
+
+def format_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, power in (("GiB", 3), ("MiB", 2), ("KiB", 1)):
+        if n >= 1024 ** power:
+            return f"{n / 1024 ** power:.1f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class Volume:
+    source: str       # absolute host path, checked to exist
+    target: str       # absolute path inside the container
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to run and how; frozen so the parent and the child read the same thing."""
+
+    command: tuple[str, ...] = ()        # empty: the cell is Python, run by the kernel's Python
+    script: str | None = None            # the cell body, fed on stdin (as IPython's %%script does)
+    memory: int | None = None            # bytes; swap is held at 0 so the limit is real
+    cpus: float | None = None
+    pids: int | None = None
+    hostname: str | None = None
+    network: str = "none"
+    rootfs: str | None = None            # None: the host's system directories, read-only
+    volumes: tuple[Volume, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = "/"
+    read_only: bool = False
+    user: tuple[int, int] | None = None
+    timeout: float | None = None
+    raise_error: bool = True
+    strict: bool = False                 # refuse to run when a limit cannot be enforced
+    name: str | None = None
+    out_var: str | None = None           # --out VAR / --err VAR, as %%script
+    err_var: str | None = None
+    plot: bool = True
+    interval: float = 0.25               # seconds between samples of the cgroup counters
+    rootless: bool | None = None         # None: decided by the euid
+
+    def replace(self, **changes) -> Spec:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_python_cell(self) -> bool:
+        return not self.command
+
+    @classmethod
+    def from_argv(cls, argv: list[str] | str, script: str | None = None,
+                  parser: argparse.ArgumentParser | None = None) -> Spec:
+        if isinstance(argv, str):
+            try:
+                argv = shlex.split(argv)
+            except ValueError as err:
+                raise SpecError(f"cannot split the options: {err}; check the quotes.") from err
+        parser = parser or build_parser()
+        args = parser.parse_args(argv)
+        return cls.from_args(args, script)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, script: str | None = None) -> Spec:
+        command = list(args.command or ())
+        if command and command[0] == "--":
+            command = command[1:]
+        spec = cls(
+            command=tuple(command),
+            script=script,
+            memory=parse_size(args.memory, "--mem") if args.memory is not None else None,
+            cpus=_parse_cpus(args.cpus),
+            pids=_parse_pids(args.pids),
+            hostname=args.hostname,
+            network=args.network,
+            rootfs=args.rootfs,
+            volumes=tuple(_parse_volume(v) for v in args.volume),
+            env=tuple(_parse_env(e) for e in args.env),
+            workdir=args.workdir,
+            read_only=args.read_only,
+            user=_parse_user(args.user),
+            timeout=args.timeout,
+            raise_error=not args.no_raise_error,
+            strict=args.strict,
+            name=args.name,
+            out_var=getattr(args, "out", None),
+            err_var=getattr(args, "err", None),
+            plot=not getattr(args, "no_plot", False),
+            interval=getattr(args, "interval", None) or 0.25,
+        )
+        validate(spec)
+        return spec
+
+
+def _parse_cpus(text):
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise SpecError(f"--cpus {text!r} is not a number; give a share of cores such as 0.5 or 2.")
+    if not value > 0:
+        raise SpecError(f"--cpus {text} must be more than 0; give a share of cores such as 0.5.")
+    cores = os.cpu_count() or 1
+    if value > cores:
+        raise SpecError(f"--cpus {text} is more than the {cores} cores this machine has; "
+                        f"give at most {cores}.")
+    return value
+
+
+def _parse_pids(text):
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise SpecError(f"--pids {text!r} is not a whole number; give a process limit such as 64.")
+    if value < 1:
+        raise SpecError(f"--pids {text} must be at least 1; give a process limit such as 64.")
+    return value
+
+
+def _parse_volume(text: str) -> Volume:
+    parts = text.split(":")
+    if len(parts) == 3 and parts[2] in ("ro", "rw"):
+        source, target, mode = parts
+    elif len(parts) == 2:
+        (source, target), mode = parts, "rw"
+    else:
+        raise SpecError(f"-v {text!r} is not SRC:DST or SRC:DST:ro; "
+                        "give a host path and a container path, e.g. -v /data:/data:ro.")
+    source = os.path.abspath(os.path.expanduser(source))
+    if not os.path.exists(source):
+        raise SpecError(f"-v {text!r}: the host path {source} does not exist; "
+                        "create it or fix the path.")
+    if not target.startswith("/") or "\0" in target:
+        raise SpecError(f"-v {text!r}: the container path {target!r} must be absolute, "
+                        "such as /data.")
+    return Volume(source, os.path.normpath(target), mode == "ro")
+
+
+def _parse_env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not _ENV_NAME.match(name):
+        raise SpecError(f"-e {text!r}: {name!r} is not a variable name; write NAME=value.")
+    if not sep:  # Docker: `-e NAME` passes the host's value through
+        value = os.environ.get(name, "")
+    return name, value
+
+
+def _parse_user(text):
+    if text is None:
+        return None
+    uid, _, gid = text.partition(":")
+    try:
+        uid_n = int(uid)
+        gid_n = int(gid) if gid else uid_n
+    except ValueError:
+        raise SpecError(f"--user {text!r} is not UID[:GID]; give numbers such as 1000:1000.")
+    if uid_n < 0 or gid_n < 0:
+        raise SpecError(f"--user {text!r} must not be negative; give numbers such as 1000:1000.")
+    return uid_n, gid_n
+
+
+# Named checks, run in order, as runc's validator does; each raises SpecError with one sentence.
+
+def _check_rootfs(spec: Spec):
+    if spec.rootfs is None:
+        return
+    if not os.path.isdir(spec.rootfs):
+        raise SpecError(f"--rootfs {spec.rootfs}: no such directory; give a directory that holds "
+                        "a root filesystem (for example one unpacked from busybox or an image).")
+    if spec.command and "/" in spec.command[0]:
+        inside = os.path.join(spec.rootfs, spec.command[0].lstrip("/"))
+        if not os.path.lexists(inside):
+            return  # exec inside reports 127 with the path, as Docker does
+
+
+def _check_hostname(spec: Spec):
+    if spec.hostname is not None and not _HOSTNAME.match(spec.hostname):
+        raise SpecError(f"--hostname {spec.hostname!r} is not a valid host name; use letters, "
+                        "digits and '-', at most 63 characters.")
+
+
+def _check_network(spec: Spec):
+    if spec.network not in NETWORKS:
+        raise SpecError(f"--network {spec.network!r} is not known; use one of: "
+                        f"{', '.join(NETWORKS)}.")
+
+
+def _check_workdir(spec: Spec):
+    if not spec.workdir.startswith("/"):
+        raise SpecError(f"-w {spec.workdir!r} must be an absolute path inside the container, "
+                        "such as /tmp.")
+
+
+def _check_timeout(spec: Spec):
+    if spec.timeout is not None and not spec.timeout > 0:
+        raise SpecError(f"--timeout {spec.timeout} must be more than 0 seconds.")
+
+
+def _check_interval(spec: Spec):
+    if not 0.02 <= spec.interval <= 60:
+        raise SpecError(f"--interval {spec.interval} must be between 0.02 and 60 seconds.")
+
+
+def _check_variable_names(spec: Spec):
+    for flag, var in (("--out", spec.out_var), ("--err", spec.err_var)):
+        if var is not None and not var.isidentifier():
+            raise SpecError(f"{flag} {var!r} is not a Python variable name.")
+
+
+def _check_name(spec: Spec):
+    if spec.name is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", spec.name):
+        raise SpecError(f"--name {spec.name!r} is not a valid name; use letters, digits, '_', "
+                        "'.' and '-'.")
+
+
+CHECKS = [_check_rootfs, _check_hostname, _check_network, _check_workdir, _check_timeout,
+          _check_interval, _check_variable_names, _check_name]
+
+
+def validate(spec: Spec) -> Spec:
+    for check in CHECKS:
+        check(spec)
+    return spec
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises SpecError with one sentence instead of exiting the process."""
+
+    def error(self, message):
+        raise SpecError(f"{message}; see `--help` for the options.")
+
+
+def build_parser(parser_class=_Parser, prog="%%container",
+                 cell_options: bool = True) -> argparse.ArgumentParser:
+    """The one option set, Docker's flag names where the concept is the same."""
+    p = parser_class(prog=prog, add_help=False,
+                     description="Run the cell (or COMMAND with the cell as its script) "
+                                 "in fresh Linux namespaces under cgroup limits.")
+    p.add_argument("-m", "--mem", "--memory", dest="memory", metavar="SIZE",
+                   help="memory limit, e.g. 100M, 1.5G (swap held at 0)")
+    p.add_argument("--cpus", metavar="N", help="CPU quota in cores, e.g. 0.5")
+    p.add_argument("--pids", "--pids-limit", dest="pids", metavar="N",
+                   help="maximum number of processes")
+    p.add_argument("--hostname", "-h", metavar="NAME", help="host name inside")
+    p.add_argument("--network", "--net", default="none", metavar="MODE",
+                   help="none (own namespace, only lo) or host")
+    p.add_argument("--rootfs", metavar="DIR",
+                   help="directory used as the read-only lower layer (default: the host's "
+                        "system directories)")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
+                   help="bind a host path into the container")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                   help="set an environment variable")
+    p.add_argument("-w", "--workdir", default="/", metavar="DIR", help="working directory inside")
+    p.add_argument("--read-only", action="store_true", help="mount the root read-only")
+    p.add_argument("-u", "--user", metavar="UID[:GID]", help="run as this user inside")
+    p.add_argument("--timeout", type=_float_arg("--timeout"), metavar="SECONDS",
+                   help="kill the container after this long")
+    p.add_argument("--name", metavar="NAME", help="a name for the run")
+    p.add_argument("--no-raise-error", action="store_true",
+                   help="do not raise CalledProcessError on a non-zero exit")
+    p.add_argument("--strict", action="store_true",
+                   help="fail instead of running when a limit cannot be enforced")
+    if cell_options:
+        p.add_argument("--out", metavar="VAR", help="store stdout in this variable")
+        p.add_argument("--err", metavar="VAR", help="store stderr in this variable")
+        p.add_argument("--no-plot", action="store_true", help="no live plot")
+        p.add_argument("--interval", type=_float_arg("--interval"), metavar="SECONDS",
+                       help="seconds between samples of the cgroup counters")
+    p.add_argument("--help", action="help", help="show this help")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="program to run, the cell is its script (default: Python)")
+    return p
+
+
+def _float_arg(flag):
+    def convert(text):
+        try:
+            return float(text)
+        except ValueError:
+            raise SpecError(f"{flag} {text!r} is not a number of seconds.") from None
+    return convert
+
+
+def spec_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(Spec)]
+
+
+__all__ = ["Spec", "Volume", "parse_size", "format_size", "build_parser", "validate", "field"]

@@ -1,0 +1,1 @@
+"""qemu-based tests of other cgroup layouts (see harness.py)."""
