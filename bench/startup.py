@@ -807,14 +807,6 @@ def readlink(p: str) -> str:
         return ""
 
 
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
 def nsmagic_cgroups() -> set[str]:
     found = set()
     base = "/sys/fs/cgroup"
@@ -829,15 +821,20 @@ def nsmagic_cgroups() -> set[str]:
     return found
 
 
-def nsmagic_processes(exclude: set[int]) -> set[int]:
-    me = os.getpid()
-    out = set()
-    for pid in proc_table():
-        if pid == me or pid in exclude:
-            continue
-        if "nsmagic" in cmdline(pid):
-            out.add(pid)
-    return out
+def ns_of(pid: int, kind: str) -> str:
+    return readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def memcg_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":", 2)
+                if "memory" in parts[1].split(",") or (parts[0] == "0" and parts[2] != "/"):
+                    return line.strip()
+    except OSError:
+        pass
+    return ""
 
 
 def hundred(rootfs: str, n: int) -> dict:
@@ -855,7 +852,8 @@ def hundred(rootfs: str, n: int) -> dict:
     time.sleep(0.5)
     before_pids = set(proc_table())
     before_cg = nsmagic_cgroups()
-    before_nsm_procs = nsmagic_processes(set())
+    before_mounts = {mp for mp, _ in mountpoints() if "nsmagic" in mp}
+    tracked: set[int] = set()
     own_before = pss_kib(me)
     avail_before = mem_available_kib()
     handles = []
@@ -870,15 +868,24 @@ def hundred(rootfs: str, n: int) -> dict:
         table = proc_table()
         mine = descendants(me, table)
         new = {p for p in table if p not in before_pids}
-        own_ns = readlink("/proc/self/ns/pid")
+        own_pidns = ns_of(me, "pid")
+        # workload: the `sleep` processes in a pid namespace other than ours
+        workload = {p for p in new if table[p][1] == "sleep" and ns_of(p, "pid") != own_pidns}
+        w_net = {ns_of(p, "net") for p in workload}
+        w_pid = {ns_of(p, "pid") for p in workload}
+        w_cg = {memcg_of(p) for p in workload}
+        # nsmagic's helpers: new processes that are our descendants or share a
+        # container's net ns, pid ns or memory cgroup (catches daemonized helpers,
+        # but not unrelated processes that happen to start meanwhile)
         cand = {
             p
             for p in new
-            if p in mine or readlink(f"/proc/{p}/ns/pid") != own_ns or "nsmagic" in cmdline(p)
+            if p in mine
+            or ns_of(p, "net") in w_net
+            or ns_of(p, "pid") in w_pid
+            or memcg_of(p) in w_cg
         }
-        workload = {
-            p for p in cand if table[p][1] == "sleep" and readlink(f"/proc/{p}/ns/pid") != own_ns
-        }
+        tracked = cand | workload
         helpers = cand - workload
         res["workload_procs"] = len(workload)
         res["helper_procs"] = len(helpers)
@@ -886,20 +893,8 @@ def hundred(rootfs: str, n: int) -> dict:
         for p in helpers:
             comms[table[p][1]] = comms.get(table[p][1], 0) + 1
         res["helper_comms"] = comms
-        res["distinct_netns"] = len({readlink(f"/proc/{p}/ns/net") for p in workload})
-        cgs = set()
-        for p in workload:
-            with contextlib.suppress(OSError), open(f"/proc/{p}/cgroup") as f:
-                cgs.add(
-                    tuple(
-                        sorted(
-                            line.strip()
-                            for line in f
-                            if ":memory:" in line or ":pids:" in line or line.startswith("0::")
-                        )
-                    )
-                )
-        res["distinct_cgroups"] = len(cgs)
+        res["distinct_netns"] = len(w_net)
+        res["distinct_cgroups"] = len(w_cg)
         helper_pss = sum(pss_kib(p) for p in helpers)
         workload_pss = sum(pss_kib(p) for p in workload)
         own_after = pss_kib(me)
@@ -935,17 +930,8 @@ def hundred(rootfs: str, n: int) -> dict:
     table = proc_table()
     started = {p for p in table if p not in before_pids}
     mine = descendants(me, table)
-    left_procs = sorted(
-        p
-        for p in started
-        if p in mine
-        or (
-            readlink(f"/proc/{p}/ns/pid") != readlink("/proc/self/ns/pid")
-            and table[p][1] == "sleep"
-        )
-    )
-    left_procs += sorted(nsmagic_processes(set()) - before_nsm_procs - set(left_procs))
-    left_mounts = [mp for mp, _ in mountpoints() if "nsmagic" in mp]
+    left_procs = sorted(p for p in started if p in mine or p in tracked)
+    left_mounts = sorted({mp for mp, _ in mountpoints() if "nsmagic" in mp} - before_mounts)
     res["leftover_cgroups"] = left_cg[:10]
     res["leftover_cgroup_count"] = len(left_cg)
     res["leftover_procs"] = [f"{p} {table.get(p, (0, '?'))[1]}" for p in left_procs[:10]]
@@ -1366,7 +1352,7 @@ def report(
                     f"all new non-workload processes started by nsmagic + PSS growth of "
                     f"this process, / {n}): {h['per_container_mib']:.3f} MiB "
                     f"[helpers {h['helper_pss_kib']} KiB, this process "
-                    f"+{h['own_pss_delta_kib']} KiB, workload PSS {h['workload_pss_kib']}"
+                    f"{h['own_pss_delta_kib']:+d} KiB, workload PSS {h['workload_pss_kib']}"
                     f" KiB excluded]"
                 )
                 print(

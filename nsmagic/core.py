@@ -68,9 +68,10 @@ def _follow(container: Run, out, err, on_sample) -> Result:
             sel.register(pipe.fileno(), selectors.EVENT_READ)
     sel.register(container.status_fd, selectors.EVENT_READ)
     script = (spec.script or "").encode()
-    if proc.stdin is not None:
-        os.set_blocking(proc.stdin.fileno(), False)
-        sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE)
+    stdin_fd = proc.stdin.fileno() if proc.stdin is not None else None
+    if stdin_fd is not None:
+        os.set_blocking(stdin_fd, False)
+        sel.register(stdin_fd, selectors.EVENT_WRITE)
     deadline = container.started + spec.timeout if spec.timeout else None
     samples: list[Usage] = []
     next_sample = time.monotonic()
@@ -102,7 +103,7 @@ def _follow(container: Run, out, err, on_sample) -> Result:
                     if not container.read_status():
                         sel.unregister(fd)
                         status_open = False
-                elif proc.stdin is not None and fd == proc.stdin.fileno():
+                elif fd == stdin_fd:
                     script = _feed(proc, sel, script)
                 else:
                     data = _read(fd)

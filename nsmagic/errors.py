@@ -4,6 +4,9 @@
 class NsmagicError(Exception):
     """A failure a user can act on; the magic prints it without a traceback."""
 
+    def _render_traceback_(self):   # IPython shows these lines instead of a traceback
+        return [f"nsmagic: {self}"]
+
 
 class SpecError(NsmagicError, ValueError):
     """A bad option value; no container was started."""

@@ -562,14 +562,19 @@ def main(args: Sequence[str] | None = None) -> int:
         description="Boot a qemu guest with a cgroup layout and run one command in it.",
     )
     ap.add_argument("layout", choices=LAYOUTS)
-    ap.add_argument("argv", nargs="*", help="the command (after --); default: a shell probe")
     ap.add_argument("--user", type=int, default=None, help="uid to run as")
     ap.add_argument("--cwd", default=str(REPO))
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     ap.add_argument("-q", "--quiet", action="store_true", help="do not stream the console")
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    ap.epilog = "Everything after -- is the command (default: a small shell probe)."
+    args = list(sys.argv[1:] if args is None else args)
+    cmd_argv: list[str] = []
+    if "--" in args:
+        i = args.index("--")
+        args, cmd_argv = args[:i], args[i + 1 :]
     ns = ap.parse_args(args)
-    argv = ns.argv or [
+    argv = cmd_argv or [
         "/bin/sh", "-c",
         "id; cat /proc/self/cgroup; grep cgroup /proc/self/mountinfo; "
         "cat /sys/fs/cgroup/cgroup.controllers /sys/fs/cgroup/cgroup.subtree_control "

@@ -1,0 +1,115 @@
+"""What this machine can do, like `docker info`: every answer comes from a real system call
+made in a child process, not from reading configuration files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+from .cgroups import detect
+from .runtime.launcher import PACKAGE_PARENT
+
+PROBE_CODE = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
+              "from nsmagic.runtime.probe import probe; json.dump(probe(), sys.stdout)")
+
+FIXES = {
+    "user": "allow unprivileged user namespaces (sysctl -w kernel.unprivileged_userns_clone=1 "
+            "and user.max_user_namespaces > 0), or run as root",
+    "overlay": "load overlayfs (modprobe overlay); a kernel of 5.11 or newer mounts it in a "
+               "user namespace",
+    "cgroup": "run as root, or start the kernel in a delegated cgroup v2 scope "
+              "(systemd-run --user --scope -p Delegate=yes jupyter lab)",
+    "blocked": "this host blocks namespaces (a seccomp profile, as on Binder and most "
+               "Kubernetes pods); run the notebook on a Linux machine or VM where you are root "
+               "or user namespaces are allowed",
+}
+
+
+def gather() -> dict:
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", PROBE_CODE, PACKAGE_PARENT],
+                          capture_output=True, text=True, timeout=30)
+    try:
+        probed = json.loads(done.stdout)
+    except ValueError:
+        probed = {"root": os.geteuid() == 0, "namespaces": {}, "overlay": done.stderr.strip()
+                  or "probe failed", "overlay_in_user_ns": "probe failed"}
+    layout = detect()
+    info = {"kernel": platform.release(), "python": sys.executable, **probed,
+            "cgroup_layout": layout.kind, "cgroup": _cgroup_report(layout)}
+    info["mode"], info["missing"] = _mode(info)
+    return info
+
+
+def _cgroup_report(layout) -> dict:
+    usable: dict[str, str] = {}
+    if layout.kind == "v2":
+        here = os.path.join(layout.v2_mount, "nsmagic") if os.geteuid() == 0 else layout.v2_dir()
+        writable = os.access(os.path.dirname(here) if os.geteuid() == 0 else here, os.W_OK)
+        for c in ("memory", "cpu", "pids"):
+            usable[c] = ("yes" if c in layout.v2_controllers() and writable
+                         else "not writable" if c in layout.v2_controllers() else "absent")
+        where = {c: layout.v2_mount for c in usable}
+    else:
+        where = {}
+        for c in ("memory", "cpu", "cpuacct", "pids", "freezer"):
+            d = layout.v1_dir(c)
+            usable[c] = ("absent" if d is None else "yes" if os.access(d, os.W_OK)
+                         else "not writable")
+            where[c] = layout.v1_mounts.get(c)
+    return {"controllers": usable, "mounts": where, "v2_mount": layout.v2_mount,
+            "v2_controllers": layout.v2_controllers()}
+
+
+def _mode(info: dict) -> tuple[str, list[str]]:
+    ns, missing = info["namespaces"], []
+    failed = [n for n, e in ns.items() if e is not None]
+    limits_ok = all(v == "yes" for k, v in info["cgroup"]["controllers"].items()
+                    if k in ("memory", "cpu", "pids"))
+    if info["root"]:
+        mode = "full: root, all namespaces, cgroup limits, overlay root"
+    elif ns.get("user") is None and not failed:
+        mode = ("rootless: user namespace" +
+                (", cgroup limits through a delegated subtree" if limits_ok else
+                 ", NO cgroup limits (no delegated cgroup)"))
+        if not limits_ok:
+            missing.append(f"cgroup limits: {FIXES['cgroup']}.")
+    else:
+        mode = "unavailable: namespaces cannot be created here"
+        missing.append(f"namespaces ({', '.join(failed)}): {FIXES['blocked']}; "
+                       f"or {FIXES['user']}.")
+    if info.get("overlay"):
+        missing.append(f"overlayfs ({info['overlay']}): {FIXES['overlay']}.")
+    if info["root"] and not limits_ok:
+        missing.append("cgroup controllers memory, cpu and pids: mount them (cgroup v2 at "
+                       "/sys/fs/cgroup, or v1 hierarchies).")
+    return mode, missing
+
+
+def report(info: dict) -> str:
+    ok = lambda e: "yes" if e is None else f"no ({e})"  # noqa: E731
+    cg = info["cgroup"]
+    lines = [
+        f"Kernel:            {info['kernel']}",
+        f"Running as root:   {'yes' if info['root'] else 'no'}",
+        f"Mode:              {info['mode']}",
+        f"Cgroup layout:     {info['cgroup_layout']}"
+        + (f" (cgroup2 at {cg['v2_mount']} with: {' '.join(cg['v2_controllers']) or 'none'})"
+           if cg["v2_mount"] else ""),
+        "Cgroup controllers:",
+    ]
+    for c, state in cg["controllers"].items():
+        lines.append(f"  {c:<10} {state}" + (f"  ({cg['mounts'].get(c)})"
+                                              if cg["mounts"].get(c) else ""))
+    lines.append("Namespaces:")
+    for name, err in info["namespaces"].items():
+        lines.append(f"  {name:<10} {ok(err)}")
+    lines.append(f"Overlayfs:         {ok(info.get('overlay'))}")
+    lines.append(f"Overlayfs in a user namespace: {ok(info.get('overlay_in_user_ns'))}")
+    lines.append(f"Python for cells:  {info['python']}")
+    if info["missing"]:
+        lines.append("Missing:")
+        lines += [f"  - {m}" for m in info["missing"]]
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""The IPython face: %%container (run a cell) and %container info. Thin: parse, delegate to
+core.run, show. All logic lives in spec, core and the runtime, shared with the CLI."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from . import core
+from .errors import NsmagicError, SpecError
+from .spec import Spec, build_parser
+
+
+class ContainerError(subprocess.CalledProcessError):
+    """A non-zero exit, as %%script raises it; shown as one line, not a traceback."""
+
+    def __init__(self, result, cell):
+        super().__init__(result.exit_code, cell)
+        self.result = result
+
+    def __str__(self):
+        return (f"the container exited with {self.returncode}"
+                f"{' (OOM killed)' if self.result.oom_killed else ''}; "
+                "pass --no-raise-error to carry on after a failing cell.")
+
+    def _render_traceback_(self):
+        return [f"ContainerError: {self}"]
+
+
+class _MagicParser(build_parser().__class__):
+    def error(self, message):
+        raise UsageError(f"{message}; see %%container --help.")
+
+
+def _in_kernel() -> bool:
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+    except ImportError:
+        return False
+    return IPKernelApp.initialized()
+
+
+@magics_class
+class ContainerMagics(Magics):
+
+    @line_cell_magic
+    def container(self, line, cell=None):
+        if cell is None:
+            return self._subcommand(line)
+        try:
+            spec = Spec.from_argv(line, script=cell,
+                                  parser=build_parser(_MagicParser, "%%container"))
+        except SpecError as err:
+            raise UsageError(str(err)) from None
+        out = io.StringIO() if spec.out_var else sys.stdout
+        err = io.StringIO() if spec.err_var else sys.stderr
+        view = _live_view(spec) if spec.plot and _in_kernel() else None
+        try:
+            result = core.run(spec, out=out, err=err, on_sample=view.update if view else None)
+        except KeyboardInterrupt as stop:
+            result = getattr(stop, "result", None)
+            if view and result:
+                view.finish(result)
+            how = result.stopped_by if result else "SIGKILL"
+            print(f"Container was interrupted (stopped with {how}); "
+                  "every process in it is gone and its cgroup removed.", file=sys.stderr)
+            raise
+        finally:
+            if spec.out_var:
+                self.shell.user_ns[spec.out_var] = out.getvalue()
+            if spec.err_var:
+                self.shell.user_ns[spec.err_var] = err.getvalue()
+        result.stdout = out.getvalue() if spec.out_var else None
+        result.stderr = err.getvalue() if spec.err_var else None
+        self.shell.user_ns["_container"] = result
+        if view:
+            view.finish(result)
+        else:
+            print(result.summary(), file=sys.stderr if result.error else sys.stdout)
+        if result.exit_code != 0 and spec.raise_error:
+            raise ContainerError(result, cell)
+
+    def _subcommand(self, line):
+        words = line.split()
+        if not words or words[0] in ("-h", "--help", "help"):
+            print(HELP)
+            return
+        if words[0] == "info":
+            from .info import gather, report
+            print(report(gather()))
+            return
+        raise UsageError(f"%container {words[0]!r} is not a subcommand; use: "
+                         "%container info, or %%container [options] as a cell magic.")
+
+
+def _live_view(spec):
+    try:
+        from .display import LiveView
+    except ImportError:
+        return None
+    return LiveView(spec)
+
+
+HELP = build_parser(_MagicParser, "%%container").format_help() + """
+Line magic:
+  %container info     what this machine can do (kernel, cgroups, namespaces, overlayfs)
+
+The last run's result is `_container` (exit_code, oom_killed, memory_peak, cpu_s, ...).
+"""
+ContainerMagics.container.__doc__ = HELP
+
+
+__all__ = ["ContainerMagics", "ContainerError", "NsmagicError"]
