@@ -1382,7 +1382,14 @@ def report(
                     f"{verdict(v, TARGET_PER_CONTAINER_MIB, 'MiB')}"
                 )
             targets.append(
-                f"{'clean after stopping all':<34}: {'PASS' if clean else 'MISS: ' + lo}"
+                f"{'clean after stopping all':<34}: "
+                + (
+                    "PASS"
+                    if clean
+                    else f"MISS ({h['leftover_cgroup_count']} cgroups, "
+                    f"{h['leftover_proc_count']} processes, {len(h['leftover_mounts'])} mounts "
+                    "left; listed above)"
+                )
             )
     print()
     print("## targets")

@@ -11,6 +11,7 @@ import codecs
 import io
 import os
 import selectors
+import sys
 import time
 from typing import Callable
 
@@ -50,6 +51,8 @@ def run(spec: Spec, out=None, err=None,
     cleans up, and is raised again with the result attached as `.result`."""
     container = Run(spec, out, err)
     container.start()
+    if container.warning:   # a banner before the cell runs, never a silent downgrade
+        print(f"nsmagic: {container.warning}", file=sys.stderr, flush=True)
     try:
         result = _follow(container, out, err, on_sample)
     finally:

@@ -51,9 +51,11 @@ def plan(spec: Spec) -> dict:
                 layers.append({"source": "/" + sub, "target": "/" + sub})
         if spec.is_python_cell:
             for prefix in python_prefixes():
-                binds.append({"source": prefix, "target": prefix, "read_only": True})
+                binds.append({"source": prefix, "target": prefix, "read_only": True,
+                              "is_dir": True})
     for v in spec.volumes:
-        binds.append({"source": v.source, "target": v.target, "read_only": v.read_only})
+        binds.append({"source": v.source, "target": v.target, "read_only": v.read_only,
+                      "is_dir": os.path.isdir(v.source)})
     return {
         "layers": layers,
         "links": links,

@@ -111,8 +111,8 @@ def build_root(plan: dict, fds: dict[str, int], rootless: bool) -> str:
         _overlay(fds, layer, root, index, rootless)
     for bind in plan["binds"]:
         target = root + bind["target"]
-        if os.path.isdir(bind["source"]):
-            _makedirs(target) if not os.path.isdir(target) else None
+        if bind["is_dir"]:   # decided in the parent: the source may be under /tmp, now covered
+            os.makedirs(target, exist_ok=True)
         else:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if not os.path.exists(target):
@@ -212,12 +212,16 @@ def _quiet(fn, *args) -> None:
         pass
 
 
-def enter_root(root: str, read_only: bool) -> None:
+def make_root_read_only(root: str, plan: dict) -> None:
+    """--read-only: the root and every image layer mounted on it; volumes keep their mode."""
+    for target in ["/"] + [layer["target"] for layer in plan["layers"] if layer["target"] != "/"]:
+        step("make read-only", target, remount_read_only, root + target.rstrip("/"))
+
+
+def enter_root(root: str) -> None:
     # pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only the
     # new root (the technique of runc's and LXC's pivot_root).
     os.chdir(root)
     step("pivot into", "the new root", pivot_root, ".", ".")
     step("detach", "the old root", umount, ".", MNT_DETACH)
     os.chdir("/")
-    if read_only:
-        step("make read-only", "/", remount_read_only, "/")

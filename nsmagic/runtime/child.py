@@ -128,7 +128,9 @@ def _init(cfg: dict, status: Status, helper_alive: int) -> None:
     mounts.mount_kernel_fs(root, cfg["rootless"], cfg["cgroup_mounts"])
     for fd in fds.values():
         os.close(fd)
-    mounts.enter_root(root, cfg["plan"]["read_only"])
+    if cfg["plan"]["read_only"]:
+        mounts.make_root_read_only(root, cfg["plan"])
+    mounts.enter_root(root)
     # --- host name and network
     mounts.step("set the host name", cfg["hostname"], socket.sethostname, cfg["hostname"])
     if cfg["network"] == "none":

@@ -121,6 +121,7 @@ class Run:
         self.started = self.ended = 0.0
         self._status_buf = b""
         self._out, self._err = out, err
+        self.warning: str | None = None
 
     # --- start
 
@@ -132,13 +133,15 @@ class Run:
         try:
             self.cgroup = cgroups.open_cgroup(self.id, limits, layout)
             self.cgroup.create()
-        except CgroupError:
+        except CgroupError as err:
             if self.cgroup:
                 self.cgroup.destroy()
             self.cgroup = None
             if limits.any and (spec.strict or not self.rootless):
                 raise
             self.limits_enforced = not limits.any
+            if limits.any:
+                self.warning = (f"limits NOT enforced: {err} (--strict makes this an error)")
         config = {
             "runner_pid": os.getpid(),
             "rootless": self.rootless,

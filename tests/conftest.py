@@ -1,0 +1,102 @@
+"""Shared fixtures. Tests build a spec, run it for real, and check one thing (as crun's do)."""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from nsmagic.core import run  # noqa: E402
+from nsmagic.spec import Spec  # noqa: E402
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
+
+
+def leftovers() -> list[str]:
+    """Everything a run may leave behind, named with nsmagic: cgroups, mounts, processes."""
+    found = [d for d in glob.glob("/sys/fs/cgroup/**/nsmagic-*", recursive=True)
+             if os.path.isdir(d) and "-probe" not in d]
+    found += [d for d in glob.glob("/sys/fs/cgroup/nsmagic") if os.path.isdir(d)]
+    with open("/proc/self/mountinfo") as f:
+        found += [line.strip() for line in f if "nsmagic" in line]
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == "nsmagic-init":
+                        found.append(f"process {pid} nsmagic-init")
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture
+def no_leaks():
+    """Fails the test if it leaves a cgroup, mount or container process behind."""
+    before = set(leftovers())
+    yield
+    after = set(leftovers()) - before
+    assert not after, f"left behind: {sorted(after)}"
+
+
+class Captured:
+    def __init__(self, result, out, err):
+        self.result, self.out, self.err = result, out, err
+
+    def __repr__(self):
+        return f"<{self.result.summary()!r} out={self.out!r} err={self.err!r}>"
+
+
+def run_spec(argv, script=None) -> Captured:
+    out, err = io.StringIO(), io.StringIO()
+    spec = Spec.from_argv(argv, script=script)
+    result = run(spec, out=out, err=err)
+    return Captured(result, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def sh():
+    """Run a shell script in a container: sh("--mem 64M", "echo hi")."""
+    def go(options: str, script: str) -> Captured:
+        return run_spec(f"{options} -- sh -c {_quote(script)}")
+    return go
+
+
+@pytest.fixture
+def py():
+    """Run a Python cell (the kernel's Python) in a container."""
+    def go(options: str, cell: str) -> Captured:
+        return run_spec(options, script=cell)
+    return go
+
+
+def _quote(s: str) -> str:
+    import shlex
+    return shlex.quote(s)
+
+
+@pytest.fixture(scope="session")
+def busybox_root(tmp_path_factory):
+    """A tiny root file system from Debian's busybox-static, nothing downloaded."""
+    busybox = shutil.which("busybox") or "/usr/bin/busybox"
+    if not os.path.exists(busybox):
+        pytest.fail("busybox is missing: apt-get install busybox-static (.ci/run does)")
+    root = tmp_path_factory.mktemp("busybox-root")
+    (root / "bin").mkdir()
+    shutil.copy(busybox, root / "bin" / "busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            os.symlink("busybox", root / "bin" / applet)
+    for d in ("etc", "tmp", "proc", "sys", "dev", "root"):
+        (root / d).mkdir()
+    (root / "etc" / "motd").write_text("busybox image\n")
+    return str(root)
