@@ -1088,7 +1088,8 @@ def main() -> int:
             f"# nsmagic start-up benchmark  kernel {meta['kernel']}  {meta['cpus']} cpus  "
             f"python {meta['python']}  cgroups {layout}"
         )
-        print(f"# nsmagic from: {nsm_origin}")
+        meta["loadavg_start"] = open("/proc/loadavg").read().split()[:3]
+        print(f"# nsmagic from: {nsm_origin}; load average at start {meta['loadavg_start']}")
         print(f"# peers: {meta['crun']}; {meta['runc']}; {meta['bwrap']}; {meta['unshare']}")
         print(f"# busybox root built at {rootfs} ({meta['busybox']})")
 
@@ -1149,6 +1150,10 @@ def main() -> int:
             log(f"starting {args.containers} nsmagic containers ...")
             results["extras"]["hundred"] = hundred(rootfs, args.containers)
 
+        meta["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+        print(
+            f"# load average at end {meta['loadavg_end']} (other work on this machine adds noise)"
+        )
         report(results, contenders, crun, verify_lines, layout, args)
         if args.json:
             os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -118,6 +118,7 @@ def _follow(container: Run, out, err, on_sample) -> Result:
                         del sinks[fd]
     except KeyboardInterrupt:
         interrupted = container.stop()
+        _drain(sinks)   # what it printed on its way out (a trap's last words)
     finally:
         sel.close()
     container.wait()
@@ -139,6 +140,18 @@ def _follow(container: Run, out, err, on_sample) -> Result:
         error.result = result
         raise error
     return result
+
+
+def _drain(sinks: dict) -> None:
+    """After a stop every writer is dead: read each pipe to its end."""
+    for fd, sink in list(sinks.items()):
+        while True:
+            data = _read(fd)
+            if not data:
+                break
+            sink.write(data)
+        sinks.pop(fd)
+        sink.write(b"")
 
 
 def _read(fd: int) -> bytes | None:

@@ -20,19 +20,21 @@ from nsmagic.spec import Spec  # noqa: E402
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 
 
-def leftovers() -> list[str]:
-    """Everything a run may leave behind, named with nsmagic: cgroups, mounts, processes."""
-    found = [d for d in glob.glob("/sys/fs/cgroup/**/nsmagic-*", recursive=True)
-             if os.path.isdir(d) and "-probe" not in d]
-    found += [d for d in glob.glob("/sys/fs/cgroup/nsmagic") if os.path.isdir(d)]
+def leftovers(owner: int | None = None) -> list[str]:
+    """What runs of `owner` (default: this process) left behind: cgroups (named
+    nsmagic-<owner pid>-<id>), host mounts, processes in such groups. Other processes' runs
+    (a notebook open meanwhile) are not ours to judge."""
+    mine = f"nsmagic-{owner or os.getpid()}-"
+    found = [d for d in glob.glob("/sys/fs/cgroup/**/" + mine + "*", recursive=True)
+             if os.path.isdir(d)]
     with open("/proc/self/mountinfo") as f:
         found += [line.strip() for line in f if "nsmagic" in line]
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                with open(f"/proc/{pid}/comm") as f:
-                    if f.read().strip() == "nsmagic-init":
-                        found.append(f"process {pid} nsmagic-init")
+                with open(f"/proc/{pid}/cgroup") as f:
+                    if mine in f.read():
+                        found.append(f"process {pid}")
             except OSError:
                 pass
     return found

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,8 @@ pytestmark = pytest.mark.vm
 
 # The project's tests to run inside each guest (relative to the repo; cwd = repo).
 GUEST_PYTEST = ["-m", "kernel", "-p", "no:cacheprovider", "tests/test_cgroups.py"]
+if os.environ.get("NSMAGIC_VM_GUEST_PYTEST"):  # a developer's override, shell words
+    GUEST_PYTEST = shlex.split(os.environ["NSMAGIC_VM_GUEST_PYTEST"])
 
 # Bound for one boot (probe + guest pytest), seconds.
 VM_TIMEOUT = float(os.environ.get("NSMAGIC_VM_TIMEOUT", "420"))

@@ -1,0 +1,407 @@
+"""The live accounting view of a %%container cell: a matplotlib plot of the run's cgroup
+counters (CPU and memory), redrawn a few times a second while the cell runs, left as a static
+PNG with a summary table when it ends.
+
+    view = LiveView(spec)            # in the kernel, before the run starts
+    core.run(spec, ..., on_sample=view.update)
+    view.finish(result)
+
+Two ways to reach the notebook, same picture:
+
+- display handle (`widgets=False`): one `display_data` with an image/png, then an
+  `update_display_data` per frame. JupyterLab, Notebook 7, VS Code and nbclient all keep it.
+- dashboard (`widgets=True`, where ipywidgets works): an `ipywidgets.Image` beside an
+  `ipywidgets.HTML` stats panel, updated through comm messages; shown through a display
+  handle too, so that finish() can replace it with the static frame (JupyterLab does not save
+  widget state by default, and nbconvert/GitHub never render it).
+
+`widgets=None` takes the module default `WIDGETS` (None: the dashboard where ipywidgets is
+importable in a kernel). Updates arrive on the kernel's main thread, inside the cell's own
+execute request (core.run calls on_sample from its streaming loop), so every message already
+carries the cell's parent header: no sampler thread, no set_parent/set_thread_parent juggling.
+That is on purpose: it is what makes nbclient and VS Code attribute each update to the cell.
+
+Frames are cheap: the axes are fixed (they only grow, by doubling), the static part of the
+figure (axes, ticks, labels, limit lines, legends) is drawn once into a cached background,
+and a frame restores it, draws the few moving artists and encodes the Agg buffer to PNG once
+(PIL, which matplotlib itself requires). A full draw happens only when an axis doubles.
+
+matplotlib and ipywidgets are imported here only, when a view is made: `%load_ext nsmagic`
+stays cheap."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import sys
+import time
+
+from .monitor import MiB, Series
+
+__all__ = ["LiveView", "Plot", "WIDGETS", "FRAME_PERIOD", "summary_rows"]
+
+WIDGETS: bool | None = None     # default of LiveView(widgets=None); None: auto
+FRAME_PERIOD = 0.22             # seconds between frames at least: about 4 Hz, whatever the sampling
+FRAME_BUDGET = 0.04             # a frame may cost at most this share of one core (backs off)
+
+_COLORS = {"cpu": "#1f77b4", "throttled": "#d62728", "quota": "#7f7f7f", "memory": "#2ca02c",
+           "working_set": "#9467bd", "limit": "#7f7f7f", "oom": "#d62728"}
+
+
+# --- the picture
+
+
+class Plot:
+    """Two panels (CPU % of one core, memory MiB) on an Agg canvas, rendered to PNG bytes.
+
+    Knows nothing of kernels or cgroups: it draws a `monitor.Series` against the limits."""
+
+    def __init__(self, memory_limit: int | None = None, cpus: float | None = None,
+                 width: float = 7.2, height: float = 3.3, dpi: int = 90):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Polygon
+
+        self.memory_limit = memory_limit / MiB if memory_limit else None
+        self.cpus = cpus
+        self.cores = os.cpu_count() or 1
+        self.fig = fig = Figure(figsize=(width, height), dpi=dpi, facecolor="white")
+        self.canvas = FigureCanvasAgg(fig)
+        fig.subplots_adjust(left=0.08, right=0.985, top=0.80, bottom=0.14, wspace=0.22)
+        self.ax_cpu, self.ax_mem = axes = fig.subplots(1, 2)
+        small = {"fontsize": 8}
+        for ax, title in zip(axes, ("CPU, % of one core", "Memory, MiB")):
+            ax.set_title(title, loc="left", fontsize=9, pad=3)
+            ax.set_xlabel("seconds", **small, labelpad=1)
+            ax.tick_params(labelsize=7, pad=1.5)
+            ax.grid(True, color="#e6e6e6", linewidth=0.6)
+            ax.set_axisbelow(True)
+            ax.set_xlim(0, 10)
+
+        # Moving artists are `animated`: a full draw skips them, each frame draws them.
+        def line(ax, key, label, **kw):
+            artist = Line2D([], [], color=_COLORS[key], label=label, animated=True,
+                            linewidth=1.4, **kw)
+            ax.add_line(artist)
+            return artist
+
+        self.cpu_line = line(self.ax_cpu, "cpu", "CPU")
+        self.throttled_fill = Polygon([[0, 0]], closed=True, animated=True, label="throttled",
+                                      facecolor=_COLORS["throttled"], alpha=0.35, linewidth=0)
+        self.ax_cpu.add_patch(self.throttled_fill)
+        self.mem_line = line(self.ax_mem, "memory", "usage")
+        self.ws_line = line(self.ax_mem, "working_set", "working set", linestyle="--")
+        # OOM kills: a vertical line on both panels (x in data, y in axes coordinates).
+        self.oom_lines = [Line2D([], [], color=_COLORS["oom"], linewidth=1.2, animated=True,
+                                 marker="v", markevery=(0, 3), markersize=6,
+                                 transform=ax.get_xaxis_transform(), label="OOM kill")
+                          for ax in axes]
+        for ax, artist in zip(axes, self.oom_lines):
+            ax.add_line(artist)
+        self.stats_text = fig.text(0.01, 0.975, "", fontsize=8.5, va="top", ha="left",
+                                   animated=True, family="DejaVu Sans")
+        self.oom_text = fig.text(0.99, 0.975, "", fontsize=8.5, va="top", ha="right",
+                                 animated=True, color=_COLORS["oom"], weight="bold")
+
+        # Limits: static lines, drawn into the background.
+        cpu_top = 100.0 if not cpus else max(100.0, cpus * 100 * 1.3)
+        self.ax_cpu.set_ylim(0, cpu_top)
+        handles = [self.cpu_line, self.throttled_fill]
+        if cpus:
+            handles.append(self.ax_cpu.axhline(cpus * 100, color=_COLORS["quota"],
+                                               linestyle=":", linewidth=1.2,
+                                               label=f"--cpus {cpus:g}"))
+        handles.append(self.oom_lines[0])
+        self.ax_cpu.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.06),
+                           ncol=len(handles), fontsize=7, frameon=False, borderaxespad=0,
+                           handlelength=1.4, columnspacing=0.9, handletextpad=0.4)
+        handles = [self.mem_line, self.ws_line]
+        if self.memory_limit:
+            self.ax_mem.set_ylim(0, self.memory_limit * 1.12)
+            handles.append(self.ax_mem.axhline(self.memory_limit, color=_COLORS["limit"],
+                                               linestyle=":", linewidth=1.2,
+                                               label=f"--mem {self.memory_limit:g} MiB"))
+        else:
+            self.ax_mem.set_ylim(0, 64)
+        self.ax_mem.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.06),
+                           ncol=len(handles), fontsize=7, frameon=False, borderaxespad=0,
+                           handlelength=1.4, columnspacing=0.9, handletextpad=0.4)
+        self._background = None
+        self.full_draws = 0
+        self.frames = 0
+
+    # -- axes grow by doubling, so the background is redrawn log2(n) times per run
+
+    def _fit(self, series: Series, final: bool) -> None:
+        changed = False
+        x_top = self.ax_cpu.get_xlim()[1]
+        if final:
+            want = max(1.0, series.duration * 1.03)
+            if abs(want - x_top) > 1e-9:
+                x_top, changed = want, True
+        else:
+            while series.duration > x_top * 0.98:
+                x_top, changed = x_top * 2, True
+        if changed:
+            for ax in (self.ax_cpu, self.ax_mem):
+                ax.set_xlim(0, x_top)
+        cpu_top = self.ax_cpu.get_ylim()[1]
+        cpu_max = max(series.max_of("cpu"), series.max_of("throttled"))
+        cap = self.cores * 100 * 1.05
+        while cpu_max > cpu_top * 0.97 and cpu_top < cap:
+            cpu_top, changed = min(cpu_top * 2, cap), True
+            self.ax_cpu.set_ylim(0, cpu_top)
+        if not self.memory_limit or final:
+            mem_top = self.ax_mem.get_ylim()[1]
+            mem_max = max(series.max_of("memory"), series.memory_peak / MiB)
+            while mem_max > mem_top * 0.95:
+                mem_top, changed = mem_top * 2, True
+                self.ax_mem.set_ylim(0, mem_top)
+        if changed:
+            self._background = None
+
+    def render(self, series: Series, final: bool = False) -> bytes:
+        """One frame as PNG bytes: one (partial) draw, one encode."""
+        self._fit(series, final)
+        if self._background is None:
+            self.canvas.draw()               # skips the animated artists
+            self._background = self.canvas.copy_from_bbox(self.fig.bbox)
+            self.full_draws += 1
+        else:
+            self.canvas.restore_region(self._background)
+        t = series.t
+        self.cpu_line.set_data(t, series.cpu)
+        self.mem_line.set_data(t, series.memory)
+        self.ws_line.set_data(t, series.working_set)
+        if t:
+            ys = [0.0 if math.isnan(v) else v for v in series.throttled]
+            self.throttled_fill.set_xy([(t[0], 0.0), *zip(t, ys), (t[-1], 0.0)])
+        xs, ys = [], []
+        for when in series.oom_times:
+            xs += [when, when, math.nan]
+            ys += [1.0, 0.0, math.nan]
+        for artist in self.oom_lines:
+            artist.set_data(xs, ys)
+        self.stats_text.set_text(stats_line(series))
+        kills = series.oom_kills
+        self.oom_text.set_text(f"OOM killed ×{kills}" if kills > 1 else
+                               "OOM killed" if kills else "")
+        for artist in (self.throttled_fill, self.cpu_line, self.mem_line, self.ws_line,
+                       *self.oom_lines):
+            artist.axes.draw_artist(artist)
+        self.fig.draw_artist(self.stats_text)
+        self.fig.draw_artist(self.oom_text)
+        self.frames += 1
+        return self.png()
+
+    def png(self) -> bytes:
+        """Encode what the canvas holds now (no draw): RGB, fast zlib level."""
+        from PIL import Image
+        width, height = self.canvas.get_width_height()
+        image = Image.frombuffer("RGBA", (width, height), self.canvas.buffer_rgba(),
+                                 "raw", "RGBA", 0, 1).convert("RGB")
+        out = io.BytesIO()
+        image.save(out, format="PNG", compress_level=3)
+        return out.getvalue()
+
+    def close(self) -> None:
+        self.fig.clear()
+        self._background = None
+
+
+def stats_line(series: Series) -> str:
+    c = series.current()
+    cpu = "-" if c["cpu"] is None else f"{c['cpu']:.0f} %"
+    parts = [f"{c['t']:.1f} s", f"CPU {cpu}", f"mem {c['memory']:.1f} MiB",
+             f"peak {c['memory_peak']:.1f} MiB", f"pids {c['pids']}",
+             f"OOM kills {c['oom_kills']}"]
+    if c["throttled_s"]:
+        parts.insert(2, f"throttled {c['throttled_s']:.1f} s")
+    return "  ·  ".join(parts)
+
+
+def _size(n) -> str:
+    from .spec import format_size
+    return format_size(n)
+
+
+def summary_rows(result) -> list[tuple[str, str]]:
+    """The summary table: (what, value) rows from a runtime Result."""
+    rows = [("exit code", str(result.exit_code)
+             + (" (OOM killed)" if result.oom_killed else ""))]
+    rows.append(("wall time", f"{result.wall_s:.2f} s"))
+    cpu = f"{result.cpu_s:.2f} s"
+    if result.wall_s > 0:
+        cpu += f" ({result.cpu_s / result.wall_s * 100:.0f} % of one core)"
+    rows.append(("CPU time", cpu))
+    if result.cpus or result.throttled_s:
+        rows.append(("throttled", f"{result.throttled_s:.2f} s"
+                     + (f" (--cpus {result.cpus:g})" if result.cpus else "")))
+    rows.append(("memory peak", _size(result.memory_peak)
+                 + (f" of {_size(result.memory_limit)}" if result.memory_limit else "")))
+    rows.append(("OOM kills", str(result.oom_kills)))
+    if result.pids_peak is not None:
+        rows.append(("pids peak", str(result.pids_peak)
+                     + (f" of {result.pids_limit}" if getattr(result, "pids_limit", None)
+                        else "")))
+    if getattr(result, "timed_out", False):
+        rows.append(("stopped", "timed out"))
+    elif getattr(result, "interrupted", False):
+        rows.append(("stopped", f"interrupted ({result.stopped_by})"))
+    if not getattr(result, "limits_enforced", True):
+        rows.append(("limits", "NOT enforced"))
+    return rows
+
+
+def summary_bundle(result, name: str = "") -> dict:
+    """text/html table + a text/plain table of the same rows."""
+    rows = summary_rows(result)
+    width = max(len(k) for k, _ in rows)
+    plain = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    bad = result.oom_killed or result.exit_code not in (0, None)
+    cells = "".join(
+        f"<tr><th style='text-align:left;padding:1px 12px 1px 0;font-weight:normal;"
+        f"color:#555'>{html.escape(k)}</th><td style='text-align:left;padding:1px 0;"
+        f"{'color:#d62728;font-weight:bold' if bad and k in ('exit code', 'OOM kills') else ''}"
+        f"'>{html.escape(v)}</td></tr>" for k, v in rows)
+    caption = html.escape(name or getattr(result, "name", "") or "container")
+    table = (f"<table class='nsmagic-summary' style='font-size:12px;border-collapse:collapse'>"
+             f"<caption style='text-align:left;font-weight:bold;padding-bottom:2px'>"
+             f"{caption}</caption>{cells}</table>")
+    return {"text/html": table, "text/plain": plain}
+
+
+# --- the view in the notebook
+
+
+def _widgets_work() -> bool:
+    """ipywidgets importable and a kernel with comms to carry it."""
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+        if shell is None or getattr(shell, "kernel", None) is None:
+            return False
+        import ipywidgets  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class LiveView:
+    """The live plot of one %%container run; `update` is core.run's on_sample."""
+
+    def __init__(self, spec, widgets: bool | None = None, period: float | None = None):
+        self.spec = spec
+        if widgets is None:
+            widgets = WIDGETS
+        self.widgets = _widgets_work() if widgets is None else bool(widgets and _widgets_work())
+        self.period = FRAME_PERIOD if period is None else period
+        self.plot = Plot(spec.memory, spec.cpus)
+        self.series: Series | None = None
+        self.handle = None              # IPython DisplayHandle of the plot (both modes)
+        self._box = self._image = self._stats = None
+        self._next_frame = 0.0
+        self.frame_times: list[float] = []   # seconds per frame (render + encode + send)
+        self.errors: list[str] = []
+        self.finished = False
+        self.name = ""
+
+    # Called by core.run on the kernel's main thread, inside the cell's execute request.
+    def update(self, usage, run=None) -> None:
+        if self.series is None:
+            self.series = Series(start=getattr(run, "started", None) or usage.time)
+            self.name = getattr(run, "name", "") or ""
+        self.series.add(usage)
+        now = time.monotonic()
+        if now < self._next_frame or self.errors:
+            return
+        begin = time.perf_counter()
+        try:
+            self._show(self.plot.render(self.series))
+        except Exception as err:       # a broken plot must never break the run
+            self.errors.append(f"{type(err).__name__}: {err}")
+            print(f"nsmagic: live plot stopped: {self.errors[-1]}", file=sys.stderr)
+            return
+        cost = time.perf_counter() - begin
+        self.frame_times.append(cost)
+        # At most ~4 Hz; a slow machine backs off so the plot never takes over a core.
+        self._next_frame = now + max(self.period, cost / FRAME_BUDGET)
+
+    def _show(self, png: bytes) -> None:
+        from IPython.display import display
+        if self.widgets:
+            if self._box is None:
+                import ipywidgets as w
+                self._image = w.Image(value=png, format="png",
+                                      layout=w.Layout(width="auto", max_width="100%"))
+                self._stats = w.HTML(value=self._stats_html(),
+                                     layout=w.Layout(min_width="170px", margin="0 0 0 8px"))
+                self._box = w.HBox([self._image, self._stats],
+                                   layout=w.Layout(align_items="flex-start"))
+                self.handle = display(self._box, display_id=True)
+            else:
+                self._image.value = png
+                self._stats.value = self._stats_html()
+        elif self.handle is None:
+            self.handle = display(self._png_bundle(png), raw=True, display_id=True)
+        else:
+            self.handle.update(self._png_bundle(png), raw=True)
+
+    def _png_bundle(self, png: bytes, text: str | None = None) -> dict:
+        return {"image/png": base64.b64encode(png).decode("ascii"),
+                "text/plain": text or f"<nsmagic live plot: {stats_line(self.series)}>"}
+
+    def _stats_html(self) -> str:
+        c = self.series.current()
+        rows = [("time", f"{c['t']:.1f} s"),
+                ("CPU", "-" if c["cpu"] is None else f"{c['cpu']:.0f} %"),
+                ("throttled", f"{c['throttled_s']:.2f} s"),
+                ("memory", f"{c['memory']:.1f} MiB"),
+                ("working set", f"{c['working_set']:.1f} MiB"),
+                ("peak", f"{c['memory_peak']:.1f} MiB"),
+                ("pids", f"{c['pids']} (peak {c['pids_peak']})"),
+                ("OOM kills", str(c["oom_kills"]))]
+        if self.spec.memory:
+            rows.insert(6, ("limit", _size(self.spec.memory)))
+        if self.spec.cpus:
+            rows.insert(3, ("quota", f"{self.spec.cpus:g} CPU"))
+        cells = "".join(
+            f"<tr><td style='color:#555;padding-right:10px'>{k}</td><td"
+            f"{' style=color:#d62728;font-weight:bold' if k == 'OOM kills' and v != '0' else ''}"
+            f">{html.escape(v)}</td></tr>" for k, v in rows)
+        return (f"<b>{html.escape(self.name)}</b><table style='font-size:12px'>{cells}</table>")
+
+    def finish(self, result) -> None:
+        """Leave the last frame as a static PNG, then the summary table; print the summary."""
+        if self.finished:
+            return
+        self.finished = True
+        from IPython.display import display
+        try:
+            if self.series is None and result.samples:
+                self.series = Series(start=result.samples[0].time)
+            if self.series is not None:
+                if not self.series.samples and result.samples:
+                    self.series.extend(result.samples)
+                self.series.mark_oom(result.oom_kills)
+            if self.series is not None and self.series.samples and not self.errors:
+                png = self.plot.render(self.series, final=True)
+                bundle = self._png_bundle(png, f"<nsmagic plot: {result.summary()}>")
+                if self.handle is None:
+                    display(bundle, raw=True)
+                else:
+                    # Replaces the widget view too: the saved notebook keeps a plain PNG.
+                    self.handle.update(bundle, raw=True)
+                if self._box is not None:
+                    self._box.close()
+                display(summary_bundle(result, self.name), raw=True)
+        except Exception as err:
+            self.errors.append(f"{type(err).__name__}: {err}")
+            print(f"nsmagic: final plot failed: {self.errors[-1]}", file=sys.stderr)
+        finally:
+            self.plot.close()
+        print(result.summary(), file=sys.stderr if result.error else sys.stdout)
