@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import os
+import struct
 import sys
 import time
+import zlib
 
 from .monitor import MiB, Series
 
@@ -71,11 +72,11 @@ class Plot:
         self.cores = os.cpu_count() or 1
         self.fig = fig = Figure(figsize=(width, height), dpi=dpi, facecolor="white")
         self.canvas = FigureCanvasAgg(fig)
-        fig.subplots_adjust(left=0.08, right=0.985, top=0.80, bottom=0.14, wspace=0.22)
+        fig.subplots_adjust(left=0.075, right=0.985, top=0.83, bottom=0.14, wspace=0.22)
         self.ax_cpu, self.ax_mem = axes = fig.subplots(1, 2)
         small = {"fontsize": 8}
-        for ax, title in zip(axes, ("CPU, % of one core", "Memory, MiB")):
-            ax.set_title(title, loc="left", fontsize=9, pad=3)
+        for ax, title in zip(axes, ("CPU, % of one core", "memory, MiB")):
+            ax.set_ylabel(title, fontsize=8, labelpad=2)
             ax.set_xlabel("seconds", **small, labelpad=1)
             ax.tick_params(labelsize=7, pad=1.5)
             ax.grid(True, color="#e6e6e6", linewidth=0.6)
@@ -102,10 +103,10 @@ class Plot:
                           for ax in axes]
         for ax, artist in zip(axes, self.oom_lines):
             ax.add_line(artist)
-        self.stats_text = fig.text(0.01, 0.975, "", fontsize=8.5, va="top", ha="left",
-                                   animated=True, family="DejaVu Sans")
-        self.oom_text = fig.text(0.99, 0.975, "", fontsize=8.5, va="top", ha="right",
-                                 animated=True, color=_COLORS["oom"], weight="bold")
+        # The stats line is drawn with PIL onto the finished buffer: matplotlib's text costs
+        # ~150 µs a glyph here (a 100-character line: 14 ms, more than the rest of a frame).
+        self.header_px = int(0.09 * height * dpi)
+        self._fonts = _fonts(round(8.5 * dpi / 72))
 
         # Limits: static lines, drawn into the background.
         cpu_top = 100.0 if not cpus else max(100.0, cpus * 100 * 1.3)
@@ -116,7 +117,7 @@ class Plot:
                                                linestyle=":", linewidth=1.2,
                                                label=f"--cpus {cpus:g}"))
         handles.append(self.oom_lines[0])
-        self.ax_cpu.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.06),
+        self.ax_cpu.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.02),
                            ncol=len(handles), fontsize=7, frameon=False, borderaxespad=0,
                            handlelength=1.4, columnspacing=0.9, handletextpad=0.4)
         handles = [self.mem_line, self.ws_line]
@@ -127,7 +128,7 @@ class Plot:
                                                label=f"--mem {self.memory_limit:g} MiB"))
         else:
             self.ax_mem.set_ylim(0, 64)
-        self.ax_mem.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.06),
+        self.ax_mem.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.02),
                            ncol=len(handles), fontsize=7, frameon=False, borderaxespad=0,
                            handlelength=1.4, columnspacing=0.9, handletextpad=0.4)
         self._background = None
@@ -186,31 +187,68 @@ class Plot:
             ys += [1.0, 0.0, math.nan]
         for artist in self.oom_lines:
             artist.set_data(xs, ys)
-        self.stats_text.set_text(stats_line(series))
-        kills = series.oom_kills
-        self.oom_text.set_text(f"OOM killed ×{kills}" if kills > 1 else
-                               "OOM killed" if kills else "")
         for artist in (self.throttled_fill, self.cpu_line, self.mem_line, self.ws_line,
                        *self.oom_lines):
             artist.axes.draw_artist(artist)
-        self.fig.draw_artist(self.stats_text)
-        self.fig.draw_artist(self.oom_text)
+        import numpy as np
+        pixels = np.asarray(self.canvas.buffer_rgba())
+        kills = series.oom_kills
+        _draw_header(pixels[:self.header_px], self._fonts, stats_line(series),
+                     f"OOM killed ×{kills}" if kills > 1 else "OOM killed" if kills else "")
         self.frames += 1
-        return self.png()
-
-    def png(self) -> bytes:
-        """Encode what the canvas holds now (no draw): RGB, fast zlib level."""
-        from PIL import Image
-        width, height = self.canvas.get_width_height()
-        image = Image.frombuffer("RGBA", (width, height), self.canvas.buffer_rgba(),
-                                 "raw", "RGBA", 0, 1).convert("RGB")
-        out = io.BytesIO()
-        image.save(out, format="PNG", compress_level=3)
-        return out.getvalue()
+        return encode_png(pixels)
 
     def close(self) -> None:
         self.fig.clear()
         self._background = None
+
+
+def _fonts(size_px: int):
+    """PIL fonts for the header (matplotlib's own DejaVu files); None: use matplotlib text."""
+    try:
+        import matplotlib
+        from PIL import ImageFont
+        ttf = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
+        return (ImageFont.truetype(os.path.join(ttf, "DejaVuSans.ttf"), size_px),
+                ImageFont.truetype(os.path.join(ttf, "DejaVuSans-Bold.ttf"), size_px))
+    except Exception:          # a Pillow without FreeType
+        return None
+
+
+def _draw_header(strip, fonts, text: str, alert: str) -> None:
+    """Write the stats line into the top rows of the frame (an RGBA array, in place)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+    height, width = strip.shape[:2]
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    if fonts is None:
+        draw.text((6, 3), f"{text}  {alert}", fill=(0, 0, 0))
+    else:
+        draw.text((6, 3), text, font=fonts[0], fill=(0, 0, 0))
+        if alert:
+            draw.text((width - 6, 3), alert, font=fonts[1], fill=(214, 39, 40), anchor="ra")
+    strip[:, :, :3] = np.asarray(image)
+    strip[:, :, 3] = 255
+
+
+def encode_png(pixels) -> bytes:
+    """An RGBA array as PNG: filter "none" and zlib level 1 (a plot is mostly flat colour).
+    5x faster than PIL's adaptive filters here (1.5 ms against 8 ms a frame), as small."""
+    import numpy as np
+    height, width = pixels.shape[:2]
+    raw = np.empty((height, width * 4 + 1), dtype=np.uint8)
+    raw[:, 0] = 0                                   # each row: filter type 0
+    raw[:, 1:] = pixels.reshape(height, width * 4)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
+            + chunk(b"IEND", b""))
 
 
 def stats_line(series: Series) -> str:

@@ -1,0 +1,70 @@
+"""The shell face: `nsmagic run` exits with the container's status; `nsmagic info`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, needs_root
+
+pytestmark = [pytest.mark.kernel, needs_root, pytest.mark.usefixtures("no_leaks")]
+
+
+def nsmagic(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "nsmagic", *args], cwd=REPO, input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_run_exits_with_the_container_status_and_streams_apart():
+    done = nsmagic("run", "--mem", "50M", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert done.returncode == 3 and done.stdout == "out\n" and done.stderr == "err\n"
+
+
+def test_json_result_is_the_last_line_of_stdout():
+    done = nsmagic("run", "--json", "--mem", "64M", "--", "sh", "-c", "echo hello")
+    lines = done.stdout.splitlines()
+    assert lines[0] == "hello"
+    result = json.loads(lines[-1])
+    assert result["exit_code"] == 0 and result["memory_limit"] == 64 << 20
+    assert result["oom_killed"] is False and result["cgroup_version"] in ("v1", "v2")
+
+
+def test_python_from_stdin_without_a_command():
+    done = nsmagic("run", stdin="import os; print(os.getpid())")
+    assert done.stdout.strip() == "2", done
+
+
+@pytest.mark.parametrize("args,words", [
+    (["run", "--mem", "banana", "--", "true"], ["--mem", "banana"]),
+    (["run", "--cpus", "-1", "--", "true"], ["--cpus"]),
+    (["run", "--rootfs", "/no/such", "--", "true"], ["--rootfs", "no such directory"]),
+    (["run", "-v", "/no/such:/x", "--", "true"], ["/no/such", "does not exist"]),
+    (["run", "--bogus", "--", "true"], ["unrecognized", "--bogus"]),
+    (["frobnicate"], ["not an nsmagic command"]),
+])
+def test_bad_input_is_one_sentence_and_exit_125(args, words):
+    done = nsmagic(*args)
+    assert done.returncode == 125
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nsmagic: "), done.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_not_found_is_127():
+    done = nsmagic("run", "--", "no-such-program")
+    assert done.returncode == 127 and "not found" in done.stderr
+
+
+def test_info_reports_this_machine():
+    done = nsmagic("info", "--json")
+    info = json.loads(done.stdout)
+    with open("/proc/self/mountinfo") as f:
+        mounts = f.read()
+    v2_root = " /sys/fs/cgroup rw" in mounts and "cgroup2" in mounts.split(" /sys/fs/cgroup ")[1].split("\n")[0]
+    expected = "v2" if v2_root else ("hybrid" if " - cgroup2 " in mounts else "v1")
+    assert info["cgroup_layout"] == expected
+    assert info["root"] is True and info["mode"].startswith("full")
+    assert all(err is None for err in info["namespaces"].values()), info["namespaces"]
+    assert info["overlay"] is None

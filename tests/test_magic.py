@@ -1,0 +1,123 @@
+"""The IPython face, through a real IPython shell and through a real kernel (jupyter_client)."""
+
+import os
+import time
+
+import pytest
+
+from conftest import REPO, needs_root
+
+pytestmark = [pytest.mark.kernel, needs_root, pytest.mark.usefixtures("no_leaks")]
+
+
+@pytest.fixture(scope="module")
+def ip():
+    from IPython.testing.globalipapp import start_ipython
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "nsmagic")
+    return shell
+
+
+def test_cell_runs_python_in_the_container(ip, capsys):
+    ip.run_cell_magic("container", "--mem 100M --hostname magic-box",
+                      "import os, socket\nprint(os.getpid(), socket.gethostname())")
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "2 magic-box", out
+    assert "exit 0" in out and "of 100.0 MiB" in out   # the summary line
+    result = ip.user_ns["_container"]
+    assert result.exit_code == 0 and result.memory_limit == 100 << 20
+
+
+def test_command_after_the_options_gets_the_cell_as_its_script(ip, capsys):
+    ip.run_cell_magic("container", "--out captured sh", "echo from-sh; hostname")
+    assert ip.user_ns["captured"].startswith("from-sh\n")
+    assert "from-sh" not in capsys.readouterr().out
+
+
+def test_non_zero_exit_raises_unless_told_not_to(ip):
+    from nsmagic.magics import ContainerError
+    with pytest.raises(ContainerError) as info:
+        ip.run_cell_magic("container", "", "raise SystemExit(4)")
+    assert info.value.returncode == 4
+    ip.run_cell_magic("container", "--no-raise-error", "raise SystemExit(4)")
+    assert ip.user_ns["_container"].exit_code == 4
+
+
+def test_bad_option_is_a_usage_error_and_starts_nothing(ip):
+    from IPython.core.error import UsageError
+    with pytest.raises(UsageError, match="--mem 'banana' is not a size"):
+        ip.run_cell_magic("container", "--mem banana", "print(1)")
+    with pytest.raises(UsageError, match="unrecognized arguments"):
+        ip.run_cell_magic("container", "--frobnicate", "print(1)")
+
+
+def test_info_line_magic(ip, capsys):
+    ip.run_line_magic("container", "info")
+    out = capsys.readouterr().out
+    assert "Cgroup layout:" in out and "Namespaces:" in out and "pid        yes" in out
+
+
+# --- through a real kernel, as Jupyter runs it
+
+@pytest.fixture(scope="module")
+def kernel():
+    from jupyter_client.manager import KernelManager
+    km = KernelManager(kernel_name="python3")   # ipykernel's own spec: this venv's Python
+    km.start_kernel(cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    _execute(kc, "%load_ext nsmagic")
+    yield km, kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def _execute(kc, code, timeout=60, on_message=None):
+    msg_id = kc.execute(code)
+    messages = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=deadline - time.monotonic())
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        msg["received"] = time.monotonic()
+        messages.append(msg)
+        if on_message:
+            on_message(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    reply = kc.get_shell_msg(timeout=10)
+    return messages, reply
+
+
+def test_output_streams_during_execution_through_a_real_kernel(kernel):
+    _, kc = kernel
+    messages, reply = _execute(kc, "%%container --no-plot sh\necho one; sleep 1.5; echo two")
+    assert reply["content"]["status"] == "ok"
+    streams = [m for m in messages if m["msg_type"] == "stream"]
+    one = next(m for m in streams if "one" in m["content"]["text"])
+    two = next(m for m in streams if "two" in m["content"]["text"])
+    assert two["received"] - one["received"] > 1.0   # not all at the end
+
+
+def test_interrupt_through_a_real_kernel(kernel):
+    km, kc = kernel
+    started = []
+
+    def interrupt_when_running(msg):
+        if msg["msg_type"] == "stream" and "ready" in msg["content"]["text"] and not started:
+            started.append(time.monotonic())
+            km.interrupt_kernel()
+
+    messages, reply = _execute(kc, "%%container --no-plot sh\necho ready; sleep 100",
+                               on_message=interrupt_when_running)
+    assert started, messages
+    ended = messages[-1]["received"]
+    assert ended - started[0] < 1.5
+    text = "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
+    assert "Container was interrupted" in text
+    assert reply["content"]["status"] == "error"
+    # the kernel is alive and can run the next cell
+    _, reply = _execute(kc, "%%container --no-plot\nprint('after')")
+    assert reply["content"]["status"] == "ok"

@@ -1,0 +1,78 @@
+"""The same core as an unprivileged user: a user namespace (root inside, the user outside),
+overlay with userxattr, and a banner when cgroup limits cannot be enforced."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.unprivileged,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to a user")]
+
+NOBODY = 65534
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else None
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    """A copy of nsmagic any user can read (the checkout may sit under root's home)."""
+    if PYTHON is None:
+        pytest.fail("no /usr/bin/python3 for the unprivileged user")
+    where = tmp_path_factory.mktemp("unprivileged")
+    shutil.copytree(os.path.join(REPO, "nsmagic"), where / "nsmagic",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for d in [where, *where.parents]:
+        if str(d) in ("/", "/tmp"):
+            break
+        os.chmod(d, 0o755)
+    subprocess.run(["chmod", "-R", "a+rX", str(where)], check=True)
+    return str(where)
+
+
+def as_user(package, *args, stdin=None):
+    return subprocess.run([PYTHON, "-m", "nsmagic", *args], input=stdin, capture_output=True,
+                          text=True, timeout=60, user=NOBODY, group=NOBODY, extra_groups=[],
+                          cwd="/", env={"PYTHONPATH": package, "PATH": "/usr/bin:/bin",
+                                        "HOME": "/"})
+
+
+def test_root_inside_pid_1_and_own_hostname(package):
+    done = as_user(package, "run", "--hostname", "rootless", "--", "sh", "-c",
+                   "id -u; echo $$; hostname; ps -eo pid,comm | tail -n +2")
+    lines = done.stdout.split("\n")
+    assert lines[:3] == ["0", "2", "rootless"], done
+    assert lines[3].split() == ["1", "nsmagic-init"]
+
+
+def test_writes_stay_in_the_upper_layer(package):
+    done = as_user(package, "run", "--", "sh", "-c", "echo x > /tmp/f && cat /tmp/f && "
+                   "echo y > /etc/nsmagic-rootless-test; ls /etc/nsmagic-rootless-test")
+    assert done.stdout.startswith("x\n"), done
+    assert not os.path.exists("/etc/nsmagic-rootless-test")
+
+
+def test_python_cell_as_a_user(package):
+    done = as_user(package, "run", stdin="import os; print(os.getpid(), os.getuid())")
+    assert done.stdout.strip() == "2 0", done
+
+
+def test_limits_without_delegation_get_a_banner_and_strict_refuses(package):
+    done = as_user(package, "run", "--mem", "64M", "--", "true")
+    assert done.returncode == 0
+    assert "limits NOT enforced" in done.stderr and "--strict" in done.stderr
+    strict = as_user(package, "run", "--strict", "--mem", "64M", "--", "true")
+    assert strict.returncode == 125 and "delegate" in strict.stderr
+
+
+def test_user_flag_needs_root(package):
+    done = as_user(package, "run", "--user", "1000", "--", "true")
+    assert done.returncode == 125 and "--user needs root" in done.stderr
+
+
+def test_info_as_a_user_says_what_is_missing(package):
+    done = as_user(package, "info")
+    assert "Running as root:   no" in done.stdout
+    assert "rootless" in done.stdout
