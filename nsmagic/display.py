@@ -330,7 +330,12 @@ def _widgets_work() -> bool:
 
 
 class LiveView:
-    """The live plot of one %%container run; `update` is core.run's on_sample."""
+    """The live plot of one %%container run; `update` is core.run's on_sample.
+
+    `LiveView.last` is the latest view made in this process, for tests and for a curious
+    student (`LiveView.last.series.cpu`)."""
+
+    last: LiveView | None = None
 
     def __init__(self, spec, widgets: bool | None = None, period: float | None = None):
         self.spec = spec
@@ -343,10 +348,12 @@ class LiveView:
         self.handle = None              # IPython DisplayHandle of the plot (both modes)
         self._box = self._image = self._stats = None
         self._next_frame = 0.0
+        self._cost: float | None = None      # moving average of a frame's cost, in seconds
         self.frame_times: list[float] = []   # seconds per frame (render + encode + send)
         self.errors: list[str] = []
         self.finished = False
         self.name = ""
+        LiveView.last = self
 
     # Called by core.run on the kernel's main thread, inside the cell's execute request.
     def update(self, usage, run=None) -> None:
@@ -357,7 +364,7 @@ class LiveView:
         now = time.monotonic()
         if now < self._next_frame or self.errors:
             return
-        begin = time.perf_counter()
+        begin, full_draws = time.perf_counter(), self.plot.full_draws
         try:
             self._show(self.plot.render(self.series))
         except Exception as err:       # a broken plot must never break the run
@@ -366,8 +373,11 @@ class LiveView:
             return
         cost = time.perf_counter() - begin
         self.frame_times.append(cost)
-        # At most ~4 Hz; a slow machine backs off so the plot never takes over a core.
-        self._next_frame = now + max(self.period, cost / FRAME_BUDGET)
+        # At most ~4 Hz; a slow machine backs off so the plot never takes over a core. Frames
+        # that redrew the axes (the first, a doubling) are rare and left out of the average.
+        if self.plot.full_draws == full_draws:
+            self._cost = cost if self._cost is None else 0.7 * self._cost + 0.3 * cost
+        self._next_frame = now + max(self.period, (self._cost or 0.0) / FRAME_BUDGET)
 
     def _show(self, png: bytes) -> None:
         from IPython.display import display
