@@ -854,6 +854,7 @@ def hundred(rootfs: str, n: int) -> dict:
     before_cg = nsmagic_cgroups()
     before_mounts = {mp for mp, _ in mountpoints() if "nsmagic" in mp}
     tracked: set[int] = set()
+    names: set[str] = set()
     own_before = pss_kib(me)
     avail_before = mem_available_kib()
     handles = []
@@ -886,6 +887,8 @@ def hundred(rootfs: str, n: int) -> dict:
             or memcg_of(p) in w_cg
         }
         tracked = cand | workload
+        # names of the containers' cgroups, to tell ours from other nsmagic users'
+        names = {c.rsplit("/", 1)[-1] for c in w_cg if c}
         helpers = cand - workload
         res["workload_procs"] = len(workload)
         res["helper_procs"] = len(helpers)
@@ -931,7 +934,7 @@ def hundred(rootfs: str, n: int) -> dict:
     # right after stop+wait+close and again after a grace period if needed
     for when, pause in (("immediately", 0.2), ("after 3 s", 3.0)):
         time.sleep(pause)
-        left = leftovers(me, before_pids, before_cg, before_mounts, tracked)
+        left = leftovers(me, before_pids, before_cg, before_mounts, tracked, names)
         res[f"leftovers_{when}"] = left
         if not (left["cgroups"] or left["procs"] or left["mounts"]):
             break
@@ -940,13 +943,22 @@ def hundred(rootfs: str, n: int) -> dict:
     return res
 
 
-def leftovers(me: int, before_pids: set, before_cg: set, before_mounts: set, tracked: set) -> dict:
+def leftovers(
+    me: int, before_pids: set, before_cg: set, before_mounts: set, tracked: set, names: set
+) -> dict:
+    """What this test's containers left: cgroups named after this process or after a
+    container's cgroup (other nsmagic users on the machine are not counted), processes
+    that were ours, nsmagic mounts."""
     table = proc_table()
     started = {p for p in table if p not in before_pids}
     mine = descendants(me, table)
     procs = sorted(p for p in started if p in mine or p in tracked)
     return {
-        "cgroups": sorted(nsmagic_cgroups() - before_cg),
+        "cgroups": sorted(
+            c
+            for c in nsmagic_cgroups() - before_cg
+            if os.path.basename(c).startswith(f"nsmagic-{me}-") or os.path.basename(c) in names
+        ),
         "procs": [f"{p} {table[p][1]}" for p in procs],
         "mounts": sorted({mp for mp, _ in mountpoints() if "nsmagic" in mp} - before_mounts),
     }
