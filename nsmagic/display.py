@@ -49,7 +49,7 @@ FRAME_PERIOD = 0.22             # seconds between frames at least: about 4 Hz, w
 FRAME_BUDGET = 0.04             # a frame may cost at most this share of one core (backs off)
 
 _COLORS = {"cpu": "#1f77b4", "throttled": "#d62728", "quota": "#7f7f7f", "memory": "#2ca02c",
-           "working_set": "#9467bd", "limit": "#7f7f7f", "oom": "#d62728"}
+           "working_set": "#9467bd", "peak": "#2ca02c", "limit": "#7f7f7f", "oom": "#d62728"}
 
 
 # --- the picture
@@ -96,6 +96,8 @@ class Plot:
         self.ax_cpu.add_patch(self.throttled_fill)
         self.mem_line = line(self.ax_mem, "memory", "usage")
         self.ws_line = line(self.ax_mem, "working_set", "working set", linestyle="--")
+        self.peak_line = line(self.ax_mem, "peak", "peak", linestyle=":")
+        self.peak_line.set_linewidth(1.0)
         # OOM kills: a vertical line on both panels (x in data, y in axes coordinates).
         self.oom_lines = [Line2D([], [], color=_COLORS["oom"], linewidth=1.2, animated=True,
                                  marker="v", markevery=(0, 3), markersize=6,
@@ -120,7 +122,7 @@ class Plot:
         self.ax_cpu.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.02),
                            ncol=len(handles), fontsize=7, frameon=False, borderaxespad=0,
                            handlelength=1.4, columnspacing=0.9, handletextpad=0.4)
-        handles = [self.mem_line, self.ws_line]
+        handles = [self.mem_line, self.ws_line, self.peak_line]
         if self.memory_limit:
             self.ax_mem.set_ylim(0, self.memory_limit * 1.12)
             handles.append(self.ax_mem.axhline(self.memory_limit, color=_COLORS["limit"],
@@ -165,8 +167,9 @@ class Plot:
         if changed:
             self._background = None
 
-    def render(self, series: Series, final: bool = False) -> bytes:
-        """One frame as PNG bytes: one (partial) draw, one encode."""
+    def render(self, series: Series, final: bool = False, header: str | None = None) -> bytes:
+        """One frame as PNG bytes: one (partial) draw, one encode. `final` fits the time
+        axis to the run; `header` replaces the live stats line."""
         self._fit(series, final)
         if self._background is None:
             self.canvas.draw()               # skips the animated artists
@@ -178,6 +181,7 @@ class Plot:
         self.cpu_line.set_data(t, series.cpu)
         self.mem_line.set_data(t, series.memory)
         self.ws_line.set_data(t, series.working_set)
+        self.peak_line.set_data(t, series.peak)
         if t:
             ys = [0.0 if math.isnan(v) else v for v in series.throttled]
             self.throttled_fill.set_xy([(t[0], 0.0), *zip(t, ys), (t[-1], 0.0)])
@@ -187,13 +191,13 @@ class Plot:
             ys += [1.0, 0.0, math.nan]
         for artist in self.oom_lines:
             artist.set_data(xs, ys)
-        for artist in (self.throttled_fill, self.cpu_line, self.mem_line, self.ws_line,
-                       *self.oom_lines):
+        for artist in (self.throttled_fill, self.cpu_line, self.peak_line, self.mem_line,
+                       self.ws_line, *self.oom_lines):
             artist.axes.draw_artist(artist)
         import numpy as np
         pixels = np.asarray(self.canvas.buffer_rgba())
         kills = series.oom_kills
-        _draw_header(pixels[:self.header_px], self._fonts, stats_line(series),
+        _draw_header(pixels[:self.header_px], self._fonts, header or stats_line(series),
                      f"OOM killed ×{kills}" if kills > 1 else "OOM killed" if kills else "")
         self.frames += 1
         return encode_png(pixels)
@@ -260,6 +264,28 @@ def stats_line(series: Series) -> str:
     if c["throttled_s"]:
         parts.insert(2, f"throttled {c['throttled_s']:.1f} s")
     return "  ·  ".join(parts)
+
+
+def final_line(result) -> str:
+    """The header of the last frame: what the run did, not its last sample."""
+    parts = [f"exit {result.exit_code}"
+             + (f" ({_signal_name(result.signal)})" if result.signal else ""),
+             f"{result.wall_s:.1f} s", f"CPU {result.cpu_s:.2f} s"]
+    if result.throttled_s:
+        parts.append(f"throttled {result.throttled_s:.2f} s")
+    parts.append(f"peak {_size(result.memory_peak)}"
+                 + (f" of {_size(result.memory_limit)}" if result.memory_limit else ""))
+    if result.pids_peak is not None:
+        parts.append(f"pids peak {result.pids_peak}")
+    return "  ·  ".join(parts)
+
+
+def _signal_name(number: int) -> str:
+    import signal
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _size(n) -> str:
@@ -437,7 +463,7 @@ class LiveView:
                     self.series.extend(result.samples)
                 self.series.mark_oom(result.oom_kills)
             if self.series is not None and self.series.samples and not self.errors:
-                png = self.plot.render(self.series, final=True)
+                png = self.plot.render(self.series, final=True, header=final_line(result))
                 bundle = self._png_bundle(png, f"<nsmagic plot: {result.summary()}>")
                 if self.handle is None:
                     display(bundle, raw=True)

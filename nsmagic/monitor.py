@@ -35,6 +35,8 @@ class Series:
         self.throttled: list[float] = []         # throttled core-time over the interval, in %
         self.memory: list[float] = []            # MiB charged (page cache included)
         self.working_set: list[float] = []       # MiB, usage - inactive file (docker stats)
+        self.peak: list[float] = []              # MiB, high-water mark so far (the kernel's,
+                                                 # which sees what falls between samples)
         self.pids: list[int] = []
         self.oom_times: list[float] = []         # t of each OOM kill (one entry per kill)
         self.oom_kills = 0
@@ -76,6 +78,7 @@ class Series:
         self.working_set.append(usage.working_set / MiB)
         self.pids.append(usage.pids_current)
         self.memory_peak = max(self.memory_peak, usage.memory_current, usage.memory_peak or 0)
+        self.peak.append(self.memory_peak / MiB)
         self.pids_peak = max(self.pids_peak, usage.pids_current, usage.pids_peak or 0)
         self.cpu_s = usage.cpu_usec / 1e6
         self.throttled_s = usage.throttled_usec / 1e6
@@ -114,6 +117,7 @@ class Series:
         self.throttled = pairs(self.throttled, mean)
         self.memory = pairs(self.memory, max)
         self.working_set = pairs(self.working_set, max)
+        self.peak = pairs(self.peak, max)
         self.pids = pairs(self.pids, max)
 
     # --- out

@@ -74,6 +74,7 @@ class Spec:
     plot: bool = True
     interval: float = 0.25               # seconds between samples of the cgroup counters
     rootless: bool | None = None         # None: decided by the euid
+    unconfined: bool = False             # no namespaces, no overlay: where the host forbids them
 
     def replace(self, **changes) -> Spec:
         return dataclasses.replace(self, **changes)
@@ -116,6 +117,7 @@ class Spec:
             timeout=args.timeout,
             raise_error=not args.no_raise_error,
             strict=args.strict,
+            unconfined=args.unconfined,
             name=args.name,
             out_var=getattr(args, "out", None),
             err_var=getattr(args, "err", None),
@@ -298,6 +300,9 @@ def build_parser(parser_class=_Parser, prog="%%container",
                    help="do not raise CalledProcessError on a non-zero exit")
     p.add_argument("--strict", action="store_true",
                    help="fail instead of running when a limit cannot be enforced")
+    p.add_argument("--unconfined", action="store_true",
+                   help="no namespaces and no overlay (for hosts that forbid them): "
+                        "writes reach the host")
     if cell_options:
         p.add_argument("--out", metavar="VAR", help="store stdout in this variable")
         p.add_argument("--err", metavar="VAR", help="store stderr in this variable")

@@ -68,3 +68,11 @@ def test_info_reports_this_machine():
     assert info["root"] is True and info["mode"].startswith("full")
     assert all(err is None for err in info["namespaces"].values()), info["namespaces"]
     assert info["overlay"] is None
+
+
+def test_unconfined_runs_without_isolation_and_says_so(tmp_path):
+    target = tmp_path / "written-from-unconfined"
+    done = nsmagic("run", "--unconfined", "--", "sh", "-c", f"echo $$; echo x > {target}")
+    assert done.returncode == 0 and int(done.stdout) > 2
+    assert target.read_text() == "x\n"   # no overlay: the write reached the host
+    assert "UNCONFINED" in done.stderr

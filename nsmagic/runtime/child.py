@@ -62,11 +62,15 @@ def main(config_fd: int, status_fd: int) -> None:
                  linux.CLONE_NEWPID)
         if cfg["network"] == "none":
             flags |= linux.CLONE_NEWNET
-        if cfg["rootless"]:
+        if cfg["unconfined"]:
+            flags = 0
+        elif cfg["rootless"]:
             _enter_user_namespace()
-        mounts.step("create namespaces", "(pid, mount, uts, ipc, net)", linux.unshare, flags)
+        if flags:
+            mounts.step("create namespaces", "(pid, mount, uts, ipc, net)", linux.unshare, flags)
     except SetupError as err:
-        status.send(error=str(err), code=EXIT_SETUP)
+        status.send(error=f"{err}; or pass --unconfined to run without isolation",
+                    code=EXIT_SETUP)
         os._exit(EXIT_SETUP)
     # PID 1 sees getppid() == 0, so it learns of the helper's death from this pipe's EOF.
     alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
@@ -118,6 +122,8 @@ def _init(cfg: dict, status: Status, helper_alive: int) -> None:
         except OSError as err:
             raise SetupError(f"can't join the cgroup {os.path.dirname(path)}: "
                              f"{err.strerror.lower()}") from err
+    if cfg["unconfined"]:
+        return _run_workload(cfg, status)
     if cfg["cgroup_procs"]:
         mounts.step("create", "a cgroup namespace", linux.unshare, linux.CLONE_NEWCGROUP)
     # --- root file system. Sources are opened in this mount namespace (overlay refuses a
@@ -135,7 +141,11 @@ def _init(cfg: dict, status: Status, helper_alive: int) -> None:
     mounts.step("set the host name", cfg["hostname"], socket.sethostname, cfg["hostname"])
     if cfg["network"] == "none":
         mounts.step("bring up", "lo", linux.loopback_up)
-    # --- the workload
+    _run_workload(cfg, status)
+
+
+def _run_workload(cfg: dict, status: Status) -> None:
+    """Fork the workload, forward signals to it, reap every orphan, exit with its status."""
     forward_to = []
     for sig in FORWARDED:
         signal.signal(sig, lambda s, _f: [_kill_group(p, s) for p in forward_to])

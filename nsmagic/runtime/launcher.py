@@ -156,7 +156,11 @@ class Run:
             "user": list(spec.user) if spec.user else None,
             "python_cell": spec.is_python_cell,
             "custom_root": spec.rootfs is not None,
+            "unconfined": spec.unconfined,
         }
+        if spec.unconfined:
+            self.warning = ((self.warning + "; ") if self.warning else "") + (
+                "running UNCONFINED: no namespaces and no overlay, so writes reach the host")
         if spec.user and self.rootless and spec.user[0] != 0:
             self.close()
             raise SetupError("--user needs root: without it only root (uid 0) is mapped "
