@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, needs_root
 
 pytestmark = [pytest.mark.kernel, needs_root, pytest.mark.usefixtures("no_leaks")]
@@ -61,9 +60,12 @@ def test_info_reports_this_machine():
     done = nsmagic("info", "--json")
     info = json.loads(done.stdout)
     with open("/proc/self/mountinfo") as f:
-        mounts = f.read()
-    v2_root = " /sys/fs/cgroup rw" in mounts and "cgroup2" in mounts.split(" /sys/fs/cgroup ")[1].split("\n")[0]
-    expected = "v2" if v2_root else ("hybrid" if " - cgroup2 " in mounts else "v1")
+        mounts = [line.split() for line in f]
+    types = {m[4]: m[m.index("-") + 1] for m in mounts}
+    if types.get("/sys/fs/cgroup") == "cgroup2":
+        expected = "v2"
+    else:
+        expected = "hybrid" if "cgroup2" in types.values() else "v1"
     assert info["cgroup_layout"] == expected
     assert info["root"] is True and info["mode"].startswith("full")
     assert all(err is None for err in info["namespaces"].values()), info["namespaces"]

@@ -4,7 +4,6 @@ Docker's defaults for /proc, /sys, /dev, capabilities and file descriptors."""
 import os
 
 import pytest
-
 from conftest import needs_root
 
 pytestmark = [pytest.mark.kernel, needs_root, pytest.mark.usefixtures("no_leaks")]
@@ -21,7 +20,8 @@ def test_pid_1_and_a_private_process_table(sh):
 
 
 def test_python_cell_sees_its_own_pid_table(py):
-    got = py("", "import os; print(os.getpid()); print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
+    got = py("", "import os; print(os.getpid()); "
+                 "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
     assert got.out.splitlines()[0] == "2", got
     assert got.out.splitlines()[1] == "[1, 2]", got
 

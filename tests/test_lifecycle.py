@@ -10,8 +10,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import REPO, leftovers, needs_root, run_spec
+
 from nsmagic.core import run
 from nsmagic.spec import Spec
 

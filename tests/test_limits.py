@@ -1,7 +1,6 @@
 """cgroup limits, enforced by the kernel, and the accounting that reports them."""
 
 import pytest
-
 from conftest import needs_root
 
 pytestmark = [pytest.mark.kernel, needs_root, pytest.mark.usefixtures("no_leaks")]

@@ -4,7 +4,6 @@ import os
 import time
 
 import pytest
-
 from conftest import REPO, needs_root
 
 pytestmark = [pytest.mark.kernel, needs_root, pytest.mark.usefixtures("no_leaks")]

@@ -52,7 +52,8 @@ def test_good_options_round_trip(tmp_path):
     spec = Spec.from_argv(f"-m 64M --cpus 0.5 --pids 32 --hostname box -v {tmp_path}:/data:ro "
                           "-e A=1 -w /tmp --read-only --user 1000:100 --timeout 5 -- sh -c 'x'")
     assert spec.memory == 64 << 20 and spec.cpus == 0.5 and spec.pids == 32
-    assert spec.hostname == "box" and spec.volumes[0].read_only and spec.volumes[0].target == "/data"
+    assert spec.hostname == "box" and spec.volumes[0].read_only
+    assert spec.volumes[0].target == "/data"
     assert spec.env == (("A", "1"),) and spec.workdir == "/tmp" and spec.read_only
     assert spec.user == (1000, 100) and spec.timeout == 5
     assert spec.command == ("sh", "-c", "x")

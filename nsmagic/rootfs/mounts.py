@@ -8,8 +8,20 @@ import errno
 import os
 
 from ..errors import SetupError
-from ..runtime.linux import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
-                             MS_RDONLY, MS_REC, MS_REMOUNT, mount, pivot_root, umount)
+from ..runtime.linux import (
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    mount,
+    pivot_root,
+    umount,
+)
 
 # A scratch tmpfs covers the host's /tmp in this mount namespace only; sources under /tmp
 # (a venv, a volume) were opened beforehand and are reached through /proc/self/fd.
