@@ -407,23 +407,36 @@ class LiveView:
 
     def _show(self, png: bytes) -> None:
         from IPython.display import display
+        if self.widgets and self._box is None:
+            try:
+                self._start_dashboard(png)
+                return
+            except Exception as err:   # comms broken: fall back to the display handle
+                print(f"nsmagic: no widget dashboard ({type(err).__name__}: {err}); "
+                      "showing the plot as an image.", file=sys.stderr)
+                self.widgets, self._box, self.handle = False, None, None
         if self.widgets:
-            if self._box is None:
-                import ipywidgets as w
-                self._image = w.Image(value=png, format="png",
-                                      layout=w.Layout(width="auto", max_width="100%"))
-                self._stats = w.HTML(value=self._stats_html(),
-                                     layout=w.Layout(min_width="170px", margin="0 0 0 8px"))
-                self._box = w.HBox([self._image, self._stats],
-                                   layout=w.Layout(align_items="flex-start"))
-                self.handle = display(self._box, display_id=True)
-            else:
-                self._image.value = png
-                self._stats.value = self._stats_html()
+            self._image.value = png
+            self._stats.value = self._stats_html()
         elif self.handle is None:
             self.handle = display(self._png_bundle(png), raw=True, display_id=True)
         else:
             self.handle.update(self._png_bundle(png), raw=True)
+
+    def _start_dashboard(self, png: bytes) -> None:
+        """The plot beside an HTML stats panel, shown once through a display handle, so
+        that finish() can put the static frame in its place."""
+        import ipywidgets as w
+        from IPython.display import display
+        self._image = w.Image(value=png, format="png",
+                              layout=w.Layout(width="auto", max_width="100%",
+                                              flex="0 1 auto"))
+        self._stats = w.HTML(value=self._stats_html(),
+                             layout=w.Layout(min_width="170px", margin="0 0 0 8px"))
+        self._box = w.HBox([self._image, self._stats],   # stats wrap below if narrow
+                           layout=w.Layout(align_items="flex-start",
+                                           flex_flow="row wrap"))
+        self.handle = display(self._box, display_id=True)
 
     def _png_bundle(self, png: bytes, text: str | None = None) -> dict:
         return {"image/png": base64.b64encode(png).decode("ascii"),
@@ -443,11 +456,13 @@ class LiveView:
             rows.insert(6, ("limit", _size(self.spec.memory)))
         if self.spec.cpus:
             rows.insert(3, ("quota", f"{self.spec.cpus:g} CPU"))
+        cell = "padding:0 10px 0 0;line-height:1.35;border:0;text-align:left"
         cells = "".join(
-            f"<tr><td style='color:#555;padding-right:10px'>{k}</td><td"
-            f"{' style=color:#d62728;font-weight:bold' if k == 'OOM kills' and v != '0' else ''}"
+            f"<tr><td style='{cell};color:#555'>{k}</td><td style='{cell}"
+            f"{';color:#d62728;font-weight:bold' if k == 'OOM kills' and v != '0' else ''}'"
             f">{html.escape(v)}</td></tr>" for k, v in rows)
-        return (f"<b>{html.escape(self.name)}</b><table style='font-size:12px'>{cells}</table>")
+        return (f"<div style='font-size:12px'><b>{html.escape(self.name)}</b>"
+                f"<table style='border-collapse:collapse;margin-top:4px'>{cells}</table></div>")
 
     def finish(self, result) -> None:
         """Leave the last frame as a static PNG, then the summary table; print the summary."""
