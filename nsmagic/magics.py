@@ -9,6 +9,7 @@ import sys
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
+from traitlets import Bool, CaselessStrEnum, Float
 
 from . import core
 from .errors import NsmagicError, SpecError
@@ -46,6 +47,14 @@ def _in_kernel() -> bool:
 
 @magics_class
 class ContainerMagics(Magics):
+    """%config ContainerMagics.plot = False makes --no-plot the default, and so on."""
+
+    plot = Bool(True, help="show the live plot unless --no-plot").tag(config=True)
+    interval = Float(0.25, help="seconds between samples, unless --interval").tag(config=True)
+    plot_backend = CaselessStrEnum(["auto", "widgets", "display"], default_value="auto",
+                                   help="live view: ipywidgets dashboard, or a display "
+                                        "handle updated with PNGs (what VS Code keeps)"
+                                   ).tag(config=True)
 
     @line_cell_magic
     def container(self, line, cell=None):
@@ -56,9 +65,13 @@ class ContainerMagics(Magics):
                                   parser=build_parser(_MagicParser, "%%container"))
         except SpecError as err:
             raise UsageError(str(err)) from None
+        if not self.plot:
+            spec = spec.replace(plot=False)
+        if "--interval" not in line:
+            spec = spec.replace(interval=self.interval)
         out = io.StringIO() if spec.out_var else sys.stdout
         err = io.StringIO() if spec.err_var else sys.stderr
-        view = _live_view(spec) if spec.plot and _in_kernel() else None
+        view = self._live_view(spec) if spec.plot and _in_kernel() else None
         try:
             result = core.run(spec, out=out, err=err, on_sample=view.update if view else None)
         except KeyboardInterrupt as stop:
@@ -84,6 +97,14 @@ class ContainerMagics(Magics):
         if result.exit_code != 0 and spec.raise_error:
             raise ContainerError(result, cell)
 
+    def _live_view(self, spec):
+        try:
+            from .display import LiveView
+        except ImportError:   # no matplotlib: the summary line still comes
+            return None
+        widgets = {"auto": None, "widgets": True, "display": False}[self.plot_backend]
+        return LiveView(spec, widgets=widgets)
+
     def _subcommand(self, line):
         words = line.split()
         if not words or words[0] in ("-h", "--help", "help"):
@@ -95,14 +116,6 @@ class ContainerMagics(Magics):
             return
         raise UsageError(f"%container {words[0]!r} is not a subcommand; use: "
                          "%container info, or %%container [options] as a cell magic.")
-
-
-def _live_view(spec):
-    try:
-        from .display import LiveView
-    except ImportError:
-        return None
-    return LiveView(spec)
 
 
 HELP = build_parser(_MagicParser, "%%container").format_help() + """

@@ -120,3 +120,13 @@ def test_interrupt_through_a_real_kernel(kernel):
     # the kernel is alive and can run the next cell
     _, reply = _execute(kc, "%%container --no-plot\nprint('after')")
     assert reply["content"]["status"] == "ok"
+
+
+def test_config_makes_no_plot_and_interval_the_default(ip):
+    ip.run_line_magic("config", "ContainerMagics.interval = 0.1")
+    try:
+        ip.run_cell_magic("container", "--no-plot", "import time; time.sleep(0.6)")
+        samples = ip.user_ns["_container"].samples
+        assert len(samples) >= 5, len(samples)   # ~every 0.1 s, not every 0.25 s
+    finally:
+        ip.run_line_magic("config", "ContainerMagics.interval = 0.25")
