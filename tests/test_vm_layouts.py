@@ -19,6 +19,7 @@ import re
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,17 @@ pytestmark = pytest.mark.vm
 
 # The project's tests to run inside each guest (relative to the repo; cwd = repo).
 GUEST_PYTEST = ["-m", "kernel", "-p", "no:cacheprovider", "tests/test_cgroups.py"]
+# Per-layout replacements of GUEST_PYTEST (e.g. "v2-delegated", whose guest runs the
+# command as uid 65534, where tests that need root skip).
+GUEST_PYTEST_BY_LAYOUT: dict[str, list[str]] = {}
 if os.environ.get("NSMAGIC_VM_GUEST_PYTEST"):  # a developer's override, shell words
     GUEST_PYTEST = shlex.split(os.environ["NSMAGIC_VM_GUEST_PYTEST"])
+    GUEST_PYTEST_BY_LAYOUT = {}
+
+
+def guest_pytest_args(layout: str) -> list[str]:
+    return GUEST_PYTEST_BY_LAYOUT.get(layout, GUEST_PYTEST)
+
 
 # Bound for one boot (probe + guest pytest), seconds.
 VM_TIMEOUT = float(os.environ.get("NSMAGIC_VM_TIMEOUT", "420"))
@@ -55,7 +65,7 @@ VM_TIMEOUT = float(os.environ.get("NSMAGIC_VM_TIMEOUT", "420"))
 GUEST_PYTHON = REPO / ".venv" / "bin" / "python"
 
 # Runs in the guest as the layout's user; prints one JSON object of facts.
-PROBE = r'''
+PROBE = r"""
 import json, os, subprocess, sys, tempfile
 
 facts = {"uid": os.getuid(), "kernel": os.uname().release, "errors": []}
@@ -144,7 +154,7 @@ if os.getuid() == 0:
     facts["overlay_usr_lower"] = sh("unshare -m sh -c '" + OVL + "'")
 facts["userns_overlay_usr_lower"] = sh("unshare -Urm sh -c '" + OVL + "'")
 print(json.dumps(facts, indent=1))
-'''
+"""
 
 # The guest side of one boot: probe, then (maybe) the project's pytest subset.
 DRIVER = r"""
@@ -170,6 +180,7 @@ class LayoutRun:
     ran_pytest: bool
     missing: list
     host_seconds: float
+    pytest_args: list
 
     def file(self, name):
         return self.result.files.get(name)
@@ -182,11 +193,11 @@ class LayoutRun:
             return None
 
 
-def _guest_test_files():
-    """The paths named in GUEST_PYTEST (option values skipped, node ids cut at ::)."""
+def _guest_test_files(args):
+    """The paths named in pytest args (option values skipped, node ids cut at ::)."""
     takes_value = {"-m", "-k", "-p", "-c", "-o", "--deselect", "--ignore", "--rootdir"}
     paths, skip = [], False
-    for a in GUEST_PYTEST:
+    for a in args:
         if skip:
             skip = False
         elif a in takes_value:
@@ -199,8 +210,11 @@ def _guest_test_files():
 def _wants_guest_pytest(session, layout):
     for item in session.items:
         cs = getattr(item, "callspec", None)
-        if (getattr(item, "originalname", None) == "test_guest_pytest" and cs is not None
-                and cs.params.get("layout_run") == layout):
+        if (
+            getattr(item, "originalname", None) == "test_guest_pytest"
+            and cs is not None
+            and cs.params.get("layout_run") == layout
+        ):
             return True
     return False
 
@@ -211,8 +225,11 @@ def _record_timing(run: LayoutRun):
         "layout": run.layout,
         "boot_s": r.boot_seconds,
         "probe_s": (run.num("probe.end") or 0) - (run.num("probe.start") or 0) or None,
-        "pytest_s": ((run.num("pytest.end") or 0) - (run.num("probe.end") or 0)
-                     if run.num("pytest.end") else None),
+        "pytest_s": (
+            (run.num("pytest.end") or 0) - (run.num("probe.end") or 0)
+            if run.num("pytest.end")
+            else None
+        ),
         "command_s": r.command_seconds,
         "wall_s": round(r.wall_seconds, 1),
         "exit_status": r.exit_status,
@@ -230,14 +247,17 @@ def _record_timing(run: LayoutRun):
 @pytest.fixture(scope="module", params=harness.LAYOUTS)
 def layout_run(request):
     layout = request.param
-    missing = [f for f in _guest_test_files() if not (REPO / f).exists()]
+    if os.environ.get("NSMAGIC_VM_LAYOUT"):
+        pytest.skip("already inside a VM guest: no nested qemu")
+    args = guest_pytest_args(layout)
+    missing = [f for f in _guest_test_files(args) if not (REPO / f).exists()]
     run_pytest = _wants_guest_pytest(request.session, layout) and not missing
     py = GUEST_PYTHON if GUEST_PYTHON.exists() else Path(sys.executable)
     t0 = time.monotonic()
     try:
         result = harness.boot_and_run(
             layout,
-            ["/bin/sh", f"{harness.GUEST_JOB}/driver.sh", *GUEST_PYTEST, "-q", "-rA"],
+            ["/bin/sh", f"{harness.GUEST_JOB}/driver.sh", *args, "-q", "-rA"],
             cwd=REPO,
             env={"GUEST_PY": str(py), "RUN_PYTEST": "1" if run_pytest else "0"},
             files={"probe.py": PROBE, "driver.sh": DRIVER},
@@ -245,7 +265,7 @@ def layout_run(request):
         )
     except harness.VmSetupError as e:
         pytest.fail(f"cannot boot the {layout} guest: {e}", pytrace=False)
-    run = LayoutRun(layout, result, run_pytest, missing, time.monotonic() - t0)
+    run = LayoutRun(layout, result, run_pytest, missing, time.monotonic() - t0, args)
     _record_timing(run)
     return run
 
@@ -253,12 +273,15 @@ def layout_run(request):
 def _facts(run: LayoutRun) -> dict:
     r = run.result
     if run.file("probe.rc") is None:
-        pytest.fail(f"the {run.layout} guest never ran the probe\n" + r.describe(),
-                    pytrace=False)
+        pytest.fail(f"the {run.layout} guest never ran the probe\n" + r.describe(), pytrace=False)
     if run.file("probe.rc").strip() != "0":
         pytest.fail(
             f"probe failed in the {run.layout} guest (rc {run.file('probe.rc').strip()}):\n"
-            + (run.file("probe.err") or "") + "\n" + r.describe(), pytrace=False)
+            + (run.file("probe.err") or "")
+            + "\n"
+            + r.describe(),
+            pytrace=False,
+        )
     return json.loads(run.file("probe.json"))
 
 
@@ -267,8 +290,7 @@ def test_layout_is_what_it_claims(layout_run):
     f = _facts(run)
     ctx = f"\nfacts: {json.dumps(f, indent=1)[:6000]}\n{run.result.describe(20)}"
     cg = {m["mountpoint"]: m for m in f["cgroup_mounts"]}
-    v1 = {mp: set(m["super_options"].split(",")) for mp, m in cg.items()
-          if m["fstype"] == "cgroup"}
+    v1 = {mp: set(m["super_options"].split(",")) for mp, m in cg.items() if m["fstype"] == "cgroup"}
     v2 = [mp for mp, m in cg.items() if m["fstype"] == "cgroup2"]
     need = {"memory", "cpu", "pids"}
     assert f["root_mount"]["fstype"] == "overlay", ctx
@@ -307,7 +329,7 @@ def test_layout_is_what_it_claims(layout_run):
         assert "name=systemd" in v1.get("/sys/fs/cgroup/systemd", set()), ctx
         assert f["overlay_usr_lower"]["rc"] == 0, ctx
         # v1 lines only (plus 0:: when a cgroup2 is mounted)
-        assert any(re.match(r"\d+:memory:/$", l) for l in f["proc_self_cgroup"]), ctx
+        assert any(re.match(r"\d+:memory:/$", ln) for ln in f["proc_self_cgroup"]), ctx
     if run.layout == "v1":
         assert not v2, ctx
         # systemd legacy style: cpu and cpuacct co-mounted
@@ -322,9 +344,15 @@ def test_layout_is_what_it_claims(layout_run):
 
 
 def _pytest_report(text: str, lines: int = 80) -> str:
-    keep = [l for l in text.splitlines()
-            if re.match(r"(FAILED|ERROR|PASSED|SKIPPED|XFAIL|XPASS)\b", l)
-            or re.match(r"=+ .* =+$", l) or re.match(r"E\s", l)]
+    keep = [
+        ln
+        for ln in text.splitlines()
+        if re.match(r"(FAILED|ERROR|PASSED|SKIPPED|XFAIL|XPASS)\b", ln)
+        or re.match(r"=+ .* =+$", ln)
+        or re.match(r"E\s", ln)
+    ]
+    if len(text.splitlines()) <= lines:
+        return text
     tail = text.splitlines()[-lines:]
     return "\n".join(["--- summary lines ---", *keep[-200:], "--- tail ---", *tail])
 
@@ -333,19 +361,36 @@ def test_guest_pytest(layout_run):
     run = layout_run
     if run.missing:
         pytest.fail(
-            f"GUEST_PYTEST in tests/test_vm_layouts.py names files that do not exist "
-            f"(yet): {run.missing}; add them or change GUEST_PYTEST.", pytrace=False)
+            f"GUEST_PYTEST (or GUEST_PYTEST_BY_LAYOUT[{run.layout!r}]) in "
+            f"tests/test_vm_layouts.py names files that do not exist (yet): {run.missing}; "
+            f"add them or change GUEST_PYTEST.",
+            pytrace=False,
+        )
     r = run.result
     rc = run.file("pytest.rc")
     out = run.file("pytest.out") or ""
     if rc is None:
-        pytest.fail(f"guest pytest did not finish in the {run.layout} guest "
-                    f"(timed_out={r.timed_out}):\n{_pytest_report(out)}\n{r.describe(10)}",
-                    pytrace=False)
+        pytest.fail(
+            f"guest pytest did not finish in the {run.layout} guest "
+            f"(timed_out={r.timed_out}):\n{_pytest_report(out)}\n{r.describe(10)}",
+            pytrace=False,
+        )
     rc = int(rc.strip())
     if rc == 5:
-        pytest.fail(f"guest pytest collected no tests in the {run.layout} guest "
-                    f"({' '.join(GUEST_PYTEST)}):\n{_pytest_report(out)}", pytrace=False)
-    assert rc == 0, (f"guest pytest failed in the {run.layout} guest (rc {rc}, "
-                     f"uid {'%d' % harness.DELEGATED_UID if run.layout == 'v2-delegated' else 0})"
-                     f":\n{_pytest_report(out)}")
+        pytest.fail(
+            f"guest pytest collected no tests in the {run.layout} guest "
+            f"({' '.join(run.pytest_args)}):\n{_pytest_report(out)}",
+            pytrace=False,
+        )
+    uid = harness.DELEGATED_UID if run.layout == "v2-delegated" else 0
+    assert rc == 0, (
+        f"guest pytest failed in the {run.layout} guest (rc {rc}, uid {uid}):\n"
+        f"{_pytest_report(out)}"
+    )
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    if not re.search(r"\b\d+ passed\b", last):
+        warnings.warn(
+            f"guest pytest in the {run.layout} guest passed without running a test "
+            f"(uid {uid}): {last}",
+            stacklevel=1,
+        )

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import hashlib
 import lzma
-import gzip
 import os
 import re
 import shlex
@@ -38,8 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -135,7 +136,10 @@ def find_kernel() -> tuple[Path, str]:
     env = os.environ.get("NSMAGIC_VM_KERNEL")
     if env:
         p = Path(env)
-        return p, p.name.removeprefix("vmlinuz-")
+        ver = p.name.removeprefix("vmlinuz-")
+        if not p.exists() or not (Path("/lib/modules") / ver / "modules.dep").exists():
+            raise VmSetupError(f"NSMAGIC_VM_KERNEL={env}: no such kernel or no /lib/modules/{ver}")
+        return p, ver
     cands = []
     for p in Path("/boot").glob("vmlinuz-*"):
         ver = p.name.removeprefix("vmlinuz-")
@@ -168,13 +172,11 @@ def _elf_has_interp(path: Path) -> bool:
         hdr = f.read(64)
         if hdr[:4] != b"\x7fELF" or hdr[4] != 2:  # 64-bit only
             return True
-        phoff, = struct.unpack_from("<Q", hdr, 0x20)
+        (phoff,) = struct.unpack_from("<Q", hdr, 0x20)
         phentsize, phnum = struct.unpack_from("<HH", hdr, 0x36)
         f.seek(phoff)
         ph = f.read(phentsize * phnum)
-    return any(
-        struct.unpack_from("<I", ph, i * phentsize)[0] == 3 for i in range(phnum)
-    )
+    return any(struct.unpack_from("<I", ph, i * phentsize)[0] == 3 for i in range(phnum))
 
 
 def find_busybox() -> Path:
@@ -222,7 +224,7 @@ def resolve_modules(kver: str) -> tuple[list[Path], list[str]]:
     builtin = set()
     bpath = moddir / "modules.builtin"
     if bpath.exists():
-        builtin = {_mod_name(l) for l in bpath.read_text().split()}
+        builtin = {_mod_name(w) for w in bpath.read_text().split()}
     order: list[Path] = []
     seen: set[str] = set()
     builtin_hit: list[str] = []
@@ -259,7 +261,19 @@ class _Cpio:
     def _add(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)):
         nameb = name.encode() + b"\0"
         fields = [
-            self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nameb), 0,
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            len(data),
+            0,
+            0,
+            rdev[0],
+            rdev[1],
+            len(nameb),
+            0,
         ]
         self.ino += 1
         hdr = b"070701" + b"".join(b"%08X" % f for f in fields)
@@ -320,14 +334,33 @@ def build_initramfs(kver: str, cache_dir: Path | None = None) -> Path:
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     tmp.write_bytes(c.finish())
     tmp.replace(out)
+    for old in cache_dir.glob("initramfs-*.cpio"):  # earlier builds
+        if old != out and time.time() - old.stat().st_mtime > 3600:
+            old.unlink(missing_ok=True)
     return out
 
 
 # --------------------------------------------------------------------------- guest job
 
 
-def _job_env(layout: str, uid: int | None) -> str:
+# The guest gets fresh tmpfs on these; host paths under them (a checkout in /tmp, say)
+# are brought back into the guest as overlays of the host's copy.
+GUEST_TMPFS = ("/tmp", "/run", "/dev/shm")
+
+
+def _hidden_host_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        p = os.path.realpath(p)
+        if any(p == t or p.startswith(t + "/") for t in GUEST_TMPFS) and p not in GUEST_TMPFS:
+            if p not in out:
+                out.append(p)
+    return out
+
+
+def _job_env(layout: str, uid: int | None, binds: Sequence[str] = ()) -> str:
     vals = {
+        "VM_BINDS": " ".join(binds),
         "VM_LAYOUT": layout,
         "VM_UID": str(uid if uid is not None else 0),
         "VM_GID": str(uid if uid is not None else 0),
@@ -370,8 +403,11 @@ def _cmd_script(
     )
 
 
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
+
+
 def _tail(text: str, n: int) -> str:
-    return "\n".join(text.splitlines()[-n:])
+    return "\n".join(_ANSI.sub("", text).splitlines()[-n:])
 
 
 def _read(p: Path) -> str | None:
@@ -420,7 +456,10 @@ def boot_and_run(
     out_dir.mkdir(parents=True)
     os.chmod(job, 0o755)
     os.chmod(out_dir, 0o777)
-    (job / "job.env").write_text(_job_env(layout, user))
+    binds = _hidden_host_paths([REPO, cwd])
+    if any(" " in b for b in binds):
+        raise VmSetupError(f"paths under {GUEST_TMPFS} with spaces are not supported: {binds}")
+    (job / "job.env").write_text(_job_env(layout, user, binds))
     (job / "cmd.sh").write_text(_cmd_script(layout, argv, str(cwd), user, env or {}))
     for name, content in (files or {}).items():
         p = job / name
@@ -574,12 +613,12 @@ def main(args: Sequence[str] | None = None) -> int:
         i = args.index("--")
         args, cmd_argv = args[:i], args[i + 1 :]
     ns = ap.parse_args(args)
-    argv = cmd_argv or [
-        "/bin/sh", "-c",
+    default_probe = (
         "id; cat /proc/self/cgroup; grep cgroup /proc/self/mountinfo; "
         "cat /sys/fs/cgroup/cgroup.controllers /sys/fs/cgroup/cgroup.subtree_control "
-        "2>/dev/null; true",
-    ]  # fmt: skip
+        "2>/dev/null; true"
+    )
+    argv = cmd_argv or ["/bin/sh", "-c", default_probe]
 
     def stream(chunk: str) -> None:
         sys.stderr.write(chunk)
