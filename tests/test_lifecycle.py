@@ -55,20 +55,24 @@ def test_large_cell_script_is_fed_completely():
     assert got.out.strip() == "50000", got
 
 
-@pytest.mark.usefixtures("no_leaks")
-def test_interrupt_mid_run_kills_every_process():
-    spec = Spec.from_argv("-- sh -c 'sleep 100 & sleep 100 & trap \"\" INT TERM; "
-                          "echo ready; while true; do sleep 1; done'")
-    timer = threading.Timer(0.8, lambda: signal.pthread_kill(threading.main_thread().ident,
-                                                             signal.SIGINT))
+def interrupted_run(script: str, after: float):
+    """Run `sh -c script` and press the stop button (SIGINT to this thread) after `after` s;
+    returns (stdout, result, seconds until run() returned)."""
+    timer = threading.Timer(after, lambda: signal.pthread_kill(threading.main_thread().ident,
+                                                               signal.SIGINT))
     out = io.StringIO()
     t0 = time.monotonic()
     timer.start()
     with pytest.raises(KeyboardInterrupt) as info:
-        run(spec, out=out, err=io.StringIO())
-    took = time.monotonic() - t0
-    result = info.value.result
-    assert out.getvalue() == "ready\n"
+        run(Spec.from_argv(["--", "sh", "-c", script]), out=out, err=io.StringIO())
+    return out.getvalue(), info.value.result, time.monotonic() - t0
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_interrupt_mid_run_kills_every_process():
+    out, result, took = interrupted_run("sleep 100 & sleep 100 & trap '' INT TERM; "
+                                        "echo ready; while true; do sleep 1; done", 0.8)
+    assert out == "ready\n"
     assert result.interrupted and result.stopped_by == "SIGKILL"   # it ignored INT and TERM
     assert took < 0.8 + 1.0, took
     assert not [line for line in leftovers() if line.startswith("process")]
@@ -76,16 +80,10 @@ def test_interrupt_mid_run_kills_every_process():
 
 @pytest.mark.usefixtures("no_leaks")
 def test_interrupt_is_forwarded_as_sigint_first():
-    spec = Spec.from_argv("-- sh -c 'trap \"echo got-INT; exit 130\" INT; echo ready; "
-                          "while true; do sleep 0.05; done'")
-    timer = threading.Timer(0.6, lambda: signal.pthread_kill(threading.main_thread().ident,
-                                                             signal.SIGINT))
-    out = io.StringIO()
-    timer.start()
-    with pytest.raises(KeyboardInterrupt) as info:
-        run(spec, out=out, err=io.StringIO())
-    assert "got-INT" in out.getvalue()
-    assert info.value.result.stopped_by == "SIGINT" and info.value.result.exit_code == 130
+    out, result, _ = interrupted_run("trap 'echo got-INT; exit 130' INT; echo ready; "
+                                     "while true; do sleep 0.05; done", 0.6)
+    assert "got-INT" in out
+    assert result.stopped_by == "SIGINT" and result.exit_code == 130
 
 
 @pytest.mark.usefixtures("no_leaks")
