@@ -13,7 +13,7 @@ from traitlets import Bool, CaselessStrEnum, Float
 
 from . import core
 from .errors import NsmagicError, SpecError
-from .spec import Spec, build_parser
+from .spec import OptionParser, Spec, build_parser
 
 
 class ContainerError(subprocess.CalledProcessError):
@@ -32,7 +32,7 @@ class ContainerError(subprocess.CalledProcessError):
         return [f"ContainerError: {self}"]
 
 
-class _MagicParser(build_parser().__class__):
+class _MagicParser(OptionParser):
     def error(self, message):
         raise UsageError(f"{message}; see %%container --help.")
 

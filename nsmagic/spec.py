@@ -7,7 +7,7 @@ import dataclasses
 import os
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import SpecError
 
@@ -206,10 +206,6 @@ def _check_rootfs(spec: Spec):
     if not os.path.isdir(spec.rootfs):
         raise SpecError(f"--rootfs {spec.rootfs}: no such directory; give a directory that holds "
                         "a root filesystem (for example one unpacked from busybox or an image).")
-    if spec.command and "/" in spec.command[0]:
-        inside = os.path.join(spec.rootfs, spec.command[0].lstrip("/"))
-        if not os.path.lexists(inside):
-            return  # exec inside reports 127 with the path, as Docker does
 
 
 def _check_hostname(spec: Spec):
@@ -262,14 +258,14 @@ def validate(spec: Spec) -> Spec:
     return spec
 
 
-class _Parser(argparse.ArgumentParser):
+class OptionParser(argparse.ArgumentParser):
     """argparse that raises SpecError with one sentence instead of exiting the process."""
 
     def error(self, message):
         raise SpecError(f"{message}; see `--help` for the options.")
 
 
-def build_parser(parser_class=_Parser, prog="%%container",
+def build_parser(parser_class=OptionParser, prog="%%container",
                  cell_options: bool = True) -> argparse.ArgumentParser:
     """The one option set, Docker's flag names where the concept is the same."""
     p = parser_class(prog=prog, add_help=False,
@@ -324,8 +320,5 @@ def _float_arg(flag):
     return convert
 
 
-def spec_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(Spec)]
-
-
-__all__ = ["Spec", "Volume", "parse_size", "format_size", "build_parser", "validate", "field"]
+__all__ = ["OptionParser", "Spec", "Volume", "build_parser", "format_size", "parse_size",
+           "validate"]
