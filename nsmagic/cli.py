@@ -39,12 +39,16 @@ def _run(argv: list[str]) -> int:
     if spec.is_python_cell:   # no command: Python, with the script from stdin
         spec = spec.replace(script=sys.stdin.read())
     from .core import run
+    from .runtime.launcher import Zygote
+    Zygote.fork_in_process = True   # this process is small and single-threaded
     try:
         result = run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
     except KeyboardInterrupt as stop:
         result = stop.result
         print(f"nsmagic: interrupted; stopped with {result.stopped_by}, nothing left behind.",
               file=sys.stderr)
+    if spec.profile:
+        print(result.profile_table(), file=sys.stderr)
     if as_json:
         sys.stdout.flush()
         print(json.dumps(result.to_dict()))

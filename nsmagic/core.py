@@ -57,6 +57,8 @@ def run(spec: Spec, out=None, err=None,
         result = _follow(container, out, err, on_sample)
     finally:
         container.close()
+        container.mark("cgroup removed, fds closed")
+    result.profile = container.marks
     return result
 
 
@@ -123,6 +125,7 @@ def _follow(container: Run, out, err, on_sample) -> Result:
         sel.close()
     container.wait()
     container.ended = time.monotonic()
+    container.mark("helper exited, output drained")
     for sink in sinks.values():
         sink.write(b"")
     result = container.result()

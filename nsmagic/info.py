@@ -54,7 +54,7 @@ def _cgroup_report(layout) -> dict:
         where = {c: layout.v2_mount for c in usable}
     else:
         where = {}
-        for c in ("memory", "cpu", "cpuacct", "pids", "freezer"):
+        for c in ("memory", "cpu", "cpuacct", "pids"):
             d = layout.v1_dir(c)
             usable[c] = ("absent" if d is None else "yes" if os.access(d, os.W_OK)
                          else "not writable")

@@ -94,6 +94,8 @@ class ContainerMagics(Magics):
             view.finish(result)
         else:
             print(result.summary(), file=sys.stderr if result.error else sys.stdout)
+        if spec.profile:
+            print(result.profile_table())
         if result.exit_code != 0 and spec.raise_error:
             raise ContainerError(result, cell)
 

@@ -75,6 +75,7 @@ class Spec:
     interval: float = 0.25               # seconds between samples of the cgroup counters
     rootless: bool | None = None         # None: decided by the euid
     unconfined: bool = False             # no namespaces, no overlay: where the host forbids them
+    profile: bool = False                # time every step of the run (teaching, benchmarks)
 
     def replace(self, **changes) -> Spec:
         return dataclasses.replace(self, **changes)
@@ -118,6 +119,7 @@ class Spec:
             raise_error=not args.no_raise_error,
             strict=args.strict,
             unconfined=args.unconfined,
+            profile=args.profile,
             name=args.name,
             out_var=getattr(args, "out", None),
             err_var=getattr(args, "err", None),
@@ -296,6 +298,9 @@ def build_parser(parser_class=OptionParser, prog="%%container",
                    help="do not raise CalledProcessError on a non-zero exit")
     p.add_argument("--strict", action="store_true",
                    help="fail instead of running when a limit cannot be enforced")
+    p.add_argument("--profile", action="store_true",
+                   help="print how long each step took: fork, namespaces, cgroup, mounts, "
+                        "pivot_root, exec, teardown")
     p.add_argument("--unconfined", action="store_true",
                    help="no namespaces and no overlay (for hosts that forbid them): "
                         "writes reach the host")

@@ -17,7 +17,7 @@ import os
 import select
 import signal
 import socket
-import sys
+import time
 
 from ..errors import SetupError
 from ..rootfs import mounts
@@ -47,15 +47,15 @@ def _exit_code(wait_status: int) -> int:
     return 128 - code if code < 0 else code     # killed by signal n -> 128 + n, as Docker
 
 
-def main(config_fd: int, status_fd: int) -> None:
-    """The helper."""
-    with os.fdopen(config_fd, "rb") as f:
-        cfg = json.loads(f.read())
+def helper(cfg: dict, status_fd: int, parent: int) -> None:
+    """The helper: a fork of the zygote (see zygote.py), one per run."""
     status = Status(status_fd)
-    # Die with the runner: the thread that forked us lives as long as the runner, and a
-    # runner that died before this line is caught by the getppid() check.
+    status.mark = _marker(status, cfg.get("profile"))
+    status.mark("helper started")
+    # Die with our parent (the zygote, which dies with the runner); a parent that died before
+    # this line is caught by the getppid() check.
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != cfg["runner_pid"]:
+    if os.getppid() != parent:
         os._exit(EXIT_SETUP)
     try:
         flags = (linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC |
@@ -68,6 +68,7 @@ def main(config_fd: int, status_fd: int) -> None:
             _enter_user_namespace()
         if flags:
             mounts.step("create namespaces", "(pid, mount, uts, ipc, net)", linux.unshare, flags)
+        status.mark("namespaces created")
     except SetupError as err:
         status.send(error=f"{err}; or pass --unconfined to run without isolation",
                     code=EXIT_SETUP)
@@ -86,6 +87,7 @@ def main(config_fd: int, status_fd: int) -> None:
         os._exit(EXIT_SETUP)
     os.close(alive_r)
     status.send(pid1=pid)
+    status.mark("PID 1 forked")
     while True:
         try:
             _, wait_status = os.waitpid(pid, 0)
@@ -93,8 +95,16 @@ def main(config_fd: int, status_fd: int) -> None:
         except InterruptedError:
             continue
     code = _exit_code(wait_status)
+    status.mark("PID 1 reaped")
     status.send(exit=code)
     os._exit(code)
+
+
+def _marker(status: Status, enabled: bool):
+    """--profile: timestamps (CLOCK_MONOTONIC, the same clock in every process) per step."""
+    if not enabled:
+        return lambda name: None
+    return lambda name: status.send(mark=[name, time.monotonic()])
 
 
 def _enter_user_namespace() -> None:
@@ -124,23 +134,28 @@ def _init(cfg: dict, status: Status, helper_alive: int) -> None:
                              f"{err.strerror.lower()}") from err
     if cfg["unconfined"]:
         return _run_workload(cfg, status)
+    status.mark("cgroup joined")
     if cfg["cgroup_procs"]:
         mounts.step("create", "a cgroup namespace", linux.unshare, linux.CLONE_NEWCGROUP)
     # --- root file system. Sources are opened in this mount namespace (overlay refuses a
     # lower layer from another one) and before the scratch tmpfs covers /tmp.
     fds = mounts.open_sources(cfg["plan"])
     root = mounts.build_root(cfg["plan"], fds, cfg["rootless"])
+    status.mark("overlay root built")
     mounts.write_identity(root, cfg["hostname"])
     mounts.mount_kernel_fs(root, cfg["rootless"], cfg["cgroup_mounts"])
+    status.mark("/proc /dev /sys mounted")
     for fd in fds.values():
         os.close(fd)
     if cfg["plan"]["read_only"]:
         mounts.make_root_read_only(root, cfg["plan"])
     mounts.enter_root(root)
+    status.mark("pivot_root done")
     # --- host name and network
     mounts.step("set the host name", cfg["hostname"], socket.sethostname, cfg["hostname"])
     if cfg["network"] == "none":
         mounts.step("bring up", "lo", linux.loopback_up)
+    status.mark("hostname and lo set")
     _run_workload(cfg, status)
 
 
@@ -158,6 +173,7 @@ def _run_workload(cfg: dict, status: Status) -> None:
     forward_to.append(pid)
     failure = os.read(exec_r, 4096)
     os.close(exec_r)
+    status.mark("workload exec'd")
     if failure:
         message, code = json.loads(failure)
         status.send(error=message, code=code)
@@ -167,6 +183,7 @@ def _run_workload(cfg: dict, status: Status) -> None:
         except ChildProcessError:
             os._exit(EXIT_SETUP)
         if reaped == pid:
+            status.mark("workload exited")
             os._exit(_exit_code(wait_status))
 
 
@@ -178,8 +195,31 @@ def _kill_group(pid: int, sig: int) -> None:
             pass
 
 
+def _exec(argv: list[str], env: dict) -> None:
+    """execvpe without os.execvpe: that one imports `warnings` lazily, and after pivot_root
+    into a root without Python's stdlib (busybox) no import can succeed."""
+    if "/" in argv[0]:
+        os.execve(argv[0], argv, env)
+    denied = None
+    for directory in env.get("PATH", "/usr/bin:/bin").split(":"):
+        try:
+            os.execve(f"{directory or '.'}/{argv[0]}", argv, env)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as err:
+            denied = denied or err   # found but not executable: report that, as sh does
+    raise denied or FileNotFoundError(2, "not found", argv[0])
+
+
 def _workload(cfg: dict, exec_w: int) -> None:
+    # The exec-error pipe goes to fd 3 (close-on-exec) first, so every failure below can be
+    # reported; only 0, 1, 2 and it survive to the exec.
+    if exec_w != 3:
+        os.dup2(exec_w, 3)
+        os.close(exec_w)
+    os.set_inheritable(3, False)
     try:
+        os.closerange(4, 1 << 16)
         os.setsid()
         for sig in FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)   # Python ignores SIGPIPE; programs expect it
@@ -195,15 +235,12 @@ def _workload(cfg: dict, exec_w: int) -> None:
             os.setuid(user[0])
         linux.limit_capabilities(KEEP_CAPS)
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-        # Only 0, 1, 2 and the exec-error pipe (close-on-exec) survive into the workload.
-        os.dup2(exec_w, 3, inheritable=False)
-        os.closerange(4, 1 << 16)
         argv, env = cfg["argv"], dict(cfg["env"])
-    except (OSError, SetupError) as err:
-        os.write(exec_w, json.dumps([f"can't prepare the workload: {err}", EXIT_SETUP]).encode())
+    except BaseException as err:  # noqa: BLE001 - reported as the run's error
+        os.write(3, json.dumps([f"can't prepare the workload: {err}", EXIT_SETUP]).encode())
         os._exit(EXIT_SETUP)
     try:
-        os.execvpe(argv[0], argv, env)
+        _exec(argv, env)
     except OSError as err:
         if err.errno == 2:
             message = (f"{argv[0]}: not found in the container"
@@ -216,7 +253,7 @@ def _workload(cfg: dict, exec_w: int) -> None:
             code = EXIT_NOT_EXECUTABLE
         os.write(3, json.dumps([message, code]).encode())
         os._exit(code)
+    except BaseException as err:  # noqa: BLE001 - never let it unwind into PID 1's code
+        os.write(3, json.dumps([f"can't start {argv[0]}: {err!r}", EXIT_SETUP]).encode())
+        os._exit(EXIT_SETUP)
 
-
-if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))

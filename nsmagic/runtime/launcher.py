@@ -1,28 +1,29 @@
 """Parent side of a run: cgroup, helper process, status channel, stop, result.
 
-The notebook kernel is never forked (it is large and multi-threaded): each run starts a
-small fresh interpreter (`child.main`) through subprocess, which uses vfork."""
+The notebook kernel is never forked (it is large and multi-threaded): a small fork server
+(zygote.py) is started once per process, and forks one helper per run."""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
+import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
 from .. import cgroups
 from ..errors import CgroupError, NsmagicError, SetupError
-from ..rootfs import plan as plan_root
+from ..rootfs.plan import plan as plan_root
 from ..spec import Spec
 from . import child
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HELPER_CODE = ("import sys; sys.path.insert(0, sys.argv[1]); "
-               "from nsmagic.runtime.child import main; main(int(sys.argv[2]), int(sys.argv[3]))")
+ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zygote.py")
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": "/root", "LANG": "C.UTF-8", "TERM": "xterm"}
 
@@ -35,6 +36,116 @@ def _swept_once():
             cgroups.sweep()
         except (OSError, NsmagicError):
             pass
+
+
+class Zygote:
+    """Client of the fork server. Started on first use, from a thread of its own that lives
+    as long as the process: PDEATHSIG fires when the *thread* that forked a child exits."""
+
+    _current: Zygote | None = None
+    _lock = threading.Lock()
+    # A small single-threaded process (the CLI) forks its helper itself: ~1 ms, and no fork
+    # server to start. Never set in a notebook kernel: it is large and multi-threaded.
+    fork_in_process = False
+
+    def __init__(self):
+        self.owner = os.getpid()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        started: list = []
+        ready = threading.Event()
+
+        def start_and_stay():
+            try:
+                started.append(subprocess.Popen(
+                    [sys.executable, "-I", "-S", ZYGOTE, str(theirs.fileno()),
+                     str(os.getpid())],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+                    start_new_session=True, env={}))
+            except OSError as err:
+                started.append(err)
+            ready.set()
+            threading.Event().wait()          # park: this thread is the zygote's parent
+
+        threading.Thread(target=start_and_stay, name="nsmagic-zygote", daemon=True).start()
+        ready.wait()
+        theirs.close()
+        if isinstance(started[0], OSError):
+            ours.close()
+            raise SetupError(f"can't start the helper process {sys.executable}: "
+                             f"{started[0].strerror.lower()}")
+        self.process, self.sock = started[0], ours
+
+    @classmethod
+    def spawn(cls, config: dict, fds: list[int]) -> tuple[int, int]:
+        """Fork a helper for one run; returns its pid and a pidfd for it."""
+        if cls.fork_in_process:
+            from .zygote import become_helper
+            runner = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                become_helper(config, fds, runner)
+            return pid, os.pidfd_open(pid)
+        with cls._lock:
+            for attempt in (1, 2):
+                z = cls._current
+                if z is None or z.owner != os.getpid() or z.process.poll() is not None:
+                    z = cls._current = cls()
+                try:
+                    socket.send_fds(z.sock, [json.dumps(config).encode()], fds)
+                    data, pidfds, _, _ = socket.recv_fds(z.sock, 4096, 1)
+                    if data and pidfds:
+                        return json.loads(data)["pid"], pidfds[0]
+                except OSError:
+                    pass
+                cls._current = None               # it died: start a new one, once
+        raise SetupError("the nsmagic helper process died twice; run `nsmagic info` to see "
+                         "what this machine allows.")
+
+
+class Helper:
+    """A run's helper, watched through a pidfd (it is the zygote's child, not ours)."""
+
+    def __init__(self, pid: int, pidfd: int, stdin=None, stdout=None, stderr=None):
+        self.pid, self.pidfd = pid, pidfd
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.exited = False
+
+    def wait(self, timeout: float | None = None) -> None:
+        if not self.exited:
+            if not select.select([self.pidfd], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired("nsmagic helper", timeout)
+            self.exited = True
+
+    def poll(self) -> bool:
+        """True while it runs."""
+        try:
+            self.wait(0)
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+
+    def kill(self) -> None:
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+            if Zygote.fork_in_process:     # our own child: reap it
+                try:
+                    os.waitpid(self.pid, 0)
+                except ChildProcessError:
+                    pass
 
 
 @dataclass
@@ -62,6 +173,19 @@ class Result:
     stdout: str | None = None
     stderr: str | None = None
     samples: list = field(default_factory=list, repr=False)
+    profile: list = field(default_factory=list, repr=False)   # [(step, monotonic seconds)]
+
+    def profile_table(self) -> str:
+        """Each step's cost: where a container's start-up and teardown time goes."""
+        if not self.profile:
+            return "no profile: run with --profile"
+        marks = sorted(self.profile, key=lambda m: m[1])
+        t0 = prev = marks[0][1]
+        lines = [f"{'step (done)':<32} {'ms':>8} {'total':>8}"]
+        for step, t in marks[1:]:
+            lines.append(f"{step:<32} {(t - prev) * 1e3:8.2f} {(t - t0) * 1e3:8.2f}")
+            prev = t
+        return "\n".join(lines)
 
     @property
     def oom_killed(self) -> bool:
@@ -98,7 +222,7 @@ class Result:
         return " · ".join(parts)
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "samples"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("samples", "profile")}
         d["oom_killed"] = self.oom_killed
         return d
 
@@ -108,13 +232,13 @@ class Run:
 
     def __init__(self, spec: Spec, out=None, err=None):
         self.spec = spec
-        self.id = secrets.token_hex(6)
+        self.id = os.urandom(6).hex()
         self.name = spec.name or f"nsmagic-{self.id}"
         self.hostname = spec.hostname or self.id
         self.rootless = spec.rootless if spec.rootless is not None else os.geteuid() != 0
         self.cgroup: cgroups.Cgroup | None = None
         self.limits_enforced = True
-        self.process: subprocess.Popen | None = None
+        self.process: Helper | None = None
         self.pid1: int | None = None
         self.exit_code: int | None = None
         self.error: str | None = None
@@ -122,10 +246,17 @@ class Run:
         self._status_buf = b""
         self._out, self._err = out, err
         self.warning: str | None = None
+        self.marks: list[tuple[str, float]] = []
+
+    def mark(self, step: str) -> None:
+        """--profile: the end of a step, on CLOCK_MONOTONIC (child processes use it too)."""
+        if self.spec.profile:
+            self.marks.append((step, time.monotonic()))
 
     # --- start
 
     def start(self) -> Run:
+        self.mark("start")
         _swept_once()
         spec = self.spec
         limits = cgroups.Limits(spec.memory, spec.cpus, spec.pids)
@@ -143,7 +274,6 @@ class Run:
             if limits.any:
                 self.warning = (f"limits NOT enforced: {err} (--strict makes this an error)")
         config = {
-            "runner_pid": os.getpid(),
             "rootless": self.rootless,
             "network": spec.network,
             "hostname": self.hostname,
@@ -165,26 +295,35 @@ class Run:
             self.close()
             raise SetupError("--user needs root: without it only root (uid 0) is mapped "
                              "into the container; drop --user or run as root.")
-        config_r, config_w = os.pipe()
-        os.write(config_w, json.dumps(config).encode())   # small: fits in the pipe buffer
-        os.close(config_w)
-        status_r, status_w = os.pipe()
-        self.started = time.monotonic()
+        if spec.profile:
+            config["profile"] = True
+            self.mark("cgroup created, config ready")
+        ours, theirs = {}, []
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", HELPER_CODE, PACKAGE_PARENT,
-                 str(config_r), str(status_w)],
-                stdin=subprocess.PIPE if spec.script is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if self._out is not None else subprocess.DEVNULL,
-                stderr=subprocess.PIPE if self._err is not None else subprocess.DEVNULL,
-                pass_fds=(config_r, status_w), start_new_session=True, env={})
-        except OSError as err:
+            for name, wanted, mode in (("stdin", spec.script is not None, "wb"),
+                                       ("stdout", self._out is not None, "rb"),
+                                       ("stderr", self._err is not None, "rb")):
+                if not wanted:
+                    theirs.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+                    continue
+                r, w = os.pipe2(os.O_CLOEXEC)
+                mine, child_end = (w, r) if mode == "wb" else (r, w)
+                ours[name] = os.fdopen(mine, mode, buffering=0)
+                theirs.append(child_end)
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            theirs.append(status_w)
+            self.started = time.monotonic()
+            pid, pidfd = Zygote.spawn(config, theirs)
+        except BaseException:
+            for f in ours.values():
+                f.close()
             self.close()
-            raise SetupError(f"can't start the helper process {sys.executable}: "
-                             f"{err.strerror.lower()}") from err
+            raise
         finally:
-            os.close(config_r)
-            os.close(status_w)
+            for fd in theirs:
+                os.close(fd)
+        self.process = Helper(pid, pidfd, **ours)
+        self.mark("helper forked")
         self.status_fd = status_r
         return self
 
@@ -202,7 +341,10 @@ class Run:
 
     def read_status(self) -> bool:
         """Read what is there; False once the helper and PID 1 have both closed the channel."""
-        data = os.read(self.status_fd, 65536)
+        try:
+            data = os.read(self.status_fd, 65536)
+        except BlockingIOError:
+            return False
         if not data:
             return False
         self._status_buf += data
@@ -215,6 +357,8 @@ class Run:
                 self.error = msg["error"]
             if "exit" in msg:
                 self.exit_code = msg["exit"]
+            if "mark" in msg:
+                self.marks.append(tuple(msg["mark"]))
         return True
 
     # --- stop
@@ -237,11 +381,11 @@ class Run:
                 self.cgroup.kill()
             except CgroupError:
                 pass
-        if self.process and self.process.poll() is None:
+        if self.process and self.process.poll():
             self.process.kill()
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.poll()
 
     def stop(self, grace: float = 0.3) -> str:
         """SIGINT, then SIGTERM, then SIGKILL for everything, each after `grace` seconds;
@@ -264,9 +408,12 @@ class Run:
     # --- end
 
     def wait(self) -> int:
-        code = self.process.wait()
-        if self.exit_code is None:
-            self.exit_code = code
+        self.process.wait()
+        # The helper and its PID 1 are gone: what they said is all in the pipe now.
+        while self.status_fd is not None and self.read_status():
+            pass
+        if self.exit_code is None:   # the helper itself was killed before it could report
+            self.exit_code = 128 + signal.SIGKILL
         return self.exit_code
 
     def result(self) -> Result:
@@ -287,15 +434,10 @@ class Run:
     def close(self) -> None:
         """Everything the run made goes: processes, cgroup, fds. Safe to call twice."""
         if self.process is not None:
-            if self.process.poll() is None:
+            if self.process.poll():
                 self.kill_all()
                 self.process.wait()
-            for f in (self.process.stdin, self.process.stdout, self.process.stderr):
-                if f:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
+            self.process.close()
         if getattr(self, "status_fd", None) is not None:
             os.close(self.status_fd)
             self.status_fd = None

@@ -1,0 +1,65 @@
+"""What the container's root is made of: read-only lower layers, a fresh upper layer per run,
+the Python environment and volumes. plan() runs in the parent; mounts.py runs in the child."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..spec import Spec
+
+# The host's system directories: the default image. Never /home, /root, /tmp, /srv, /mnt or
+# the notebook's own folder: user data enters only through a volume.
+HOST_LAYERS = ("usr", "etc", "opt", "var/lib/dpkg", "var/lib/apt")
+HOST_TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+EMPTY_DIRS = {"tmp": 0o1777, "root": 0o700, "home": 0o755, "run": 0o755, "mnt": 0o755,
+              "srv": 0o755, "media": 0o755, "var/tmp": 0o1777, "var/log": 0o755,
+              "var/cache": 0o755, "proc": 0o555, "sys": 0o555, "dev": 0o755}
+ALREADY_VISIBLE = ("/usr/", "/etc/", "/opt/")
+
+
+def python_prefixes() -> list[str]:
+    """The kernel's Python environment (venv and base install), where the default image does
+    not already show it."""
+    found = []
+    for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
+        real = os.path.realpath(p)
+        if not any((real + "/").startswith(v) for v in ALREADY_VISIBLE) and os.path.isdir(real):
+            found.append(real)
+    # a venv's prefix may be reached through a symlink; mount it at the path Python uses
+    exe = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
+    if exe not in found and not any((exe + "/").startswith(v) for v in ALREADY_VISIBLE):
+        if os.path.realpath(exe) in found:
+            found.append(exe)
+    return sorted(set(found))
+
+
+def plan(spec: Spec) -> dict:
+    """A JSON-able description of the root for the child to build (see mounts.build_root)."""
+    layers, links, binds = [], [], []
+    if spec.rootfs:
+        layers.append({"source": os.path.abspath(spec.rootfs), "target": "/"})
+    else:
+        for top in HOST_TOP_LINKS:
+            path = "/" + top
+            if os.path.islink(path):
+                links.append({"path": top, "text": os.readlink(path)})
+            elif os.path.isdir(path):
+                layers.append({"source": path, "target": path})
+        for sub in HOST_LAYERS:
+            if os.path.isdir("/" + sub):
+                layers.append({"source": "/" + sub, "target": "/" + sub})
+        if spec.is_python_cell:
+            for prefix in python_prefixes():
+                binds.append({"source": prefix, "target": prefix, "read_only": True,
+                              "is_dir": True})
+    for v in spec.volumes:
+        binds.append({"source": v.source, "target": v.target, "read_only": v.read_only,
+                      "is_dir": os.path.isdir(v.source)})
+    return {
+        "layers": layers,
+        "links": links,
+        "dirs": {} if spec.rootfs else EMPTY_DIRS,
+        "binds": binds,
+        "read_only": spec.read_only,
+    }
