@@ -18,13 +18,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "run":
             return _run(rest)
+        if command == "ps":
+            from .ps import table
+            print(table())
+            return 0
         if command == "info":
             from .info import gather, report
             info = gather()
             print(json.dumps(info) if "--json" in rest else report(info))
             return 0
-        raise SpecError(f"{command!r} is not an nsmagic command; use `nsmagic run` or "
-                        "`nsmagic info`.")
+        raise SpecError(f"{command!r} is not an nsmagic command; use `nsmagic run`, "
+                        "`nsmagic info` or `nsmagic ps`.")
     except NsmagicError as err:
         print(f"nsmagic: {err}", file=sys.stderr)
         return 125
@@ -59,11 +63,13 @@ def _run(argv: list[str]) -> int:
 
 USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
        nsmagic info [--json]
+       nsmagic ps
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.
         --json prints the result as one JSON object on the last line of stdout.
 info    what this machine can do: kernel, cgroup layout, namespaces, overlayfs.
+ps      every running nsmagic container on this machine (any notebook's or shell's).
 
 options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N --hostname NAME
         --network none|host --rootfs DIR -v SRC:DST[:ro] -e K=V -w DIR --read-only

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import time
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -99,12 +100,13 @@ class ContainerMagics(Magics):
         if result.exit_code != 0 and spec.raise_error:
             raise ContainerError(result, cell)
 
-    def _live_view(self, spec):
+    def _live_view(self, spec, widgets=None):
         try:
             from .display import LiveView
         except ImportError:   # no matplotlib: the summary line still comes
             return None
-        widgets = {"auto": None, "widgets": True, "display": False}[self.plot_backend]
+        if widgets is None:
+            widgets = {"auto": None, "widgets": True, "display": False}[self.plot_backend]
         return LiveView(spec, widgets=widgets)
 
     def _subcommand(self, line):
@@ -116,13 +118,49 @@ class ContainerMagics(Magics):
             from .info import gather, report
             print(report(gather()))
             return
-        raise UsageError(f"%container {words[0]!r} is not a subcommand; use: "
-                         "%container info, or %%container [options] as a cell magic.")
+        if words[0] == "ps":
+            from .ps import table
+            print(table())
+            return
+        if words[0] == "stats":
+            return self._stats(words[1:])
+        raise UsageError(f"%container {words[0]!r} is not a subcommand; use: %container info, "
+                         "ps or stats, or %%container [options] as a cell magic.")
+
+    def _stats(self, words):
+        """A live plot per running container (any runner's) until interrupted, or for
+        --seconds N."""
+        from .ps import watch
+        seconds = float(words[words.index("--seconds") + 1]) if "--seconds" in words else None
+        views, t0 = {}, time.monotonic()
+
+        def show(name, usage, limits, ended):
+            if ended:
+                print(f"{name} ended.")
+                return
+            if name not in views:
+                limits_spec = Spec(memory=limits.memory, cpus=limits.cpus, pids=limits.pids)
+                # display handles, not widgets: these views never finish, and a saved
+                # notebook keeps the last PNG of each
+                views[name] = self._live_view(limits_spec, False) if _in_kernel() else None
+                print(f"{name}: following (limits: {limits_spec.memory or 'no'} bytes memory, "
+                      f"{limits_spec.cpus or 'no'} CPU quota)")
+            if views[name]:
+                views[name].update(usage)
+        try:
+            watch(self.interval, show,
+                  until=(lambda: time.monotonic() - t0 > seconds) if seconds else None)
+        except KeyboardInterrupt:
+            pass
+        if not views:
+            print("no nsmagic container is running on this machine.")
 
 
 HELP = build_parser(_MagicParser, "%%container").format_help() + """
 Line magic:
   %container info     what this machine can do (kernel, cgroups, namespaces, overlayfs)
+  %container ps       every running nsmagic container on this machine, like `docker ps`
+  %container stats    a live plot for each of them until interrupted (--seconds N to stop)
 
 The last run's result is `_container` (exit_code, oom_killed, memory_peak, cpu_s, ...).
 """

@@ -78,3 +78,17 @@ def test_unconfined_runs_without_isolation_and_says_so(tmp_path):
     assert done.returncode == 0 and int(done.stdout) > 2
     assert target.read_text() == "x\n"   # no overlay: the write reached the host
     assert "UNCONFINED" in done.stderr
+
+
+def test_ps_lists_running_containers_of_any_runner():
+    other = subprocess.Popen([sys.executable, "-m", "nsmagic", "run", "--mem", "48M", "--",
+                              "sh", "-c", "echo up; sleep 30"], cwd=REPO, stdout=subprocess.PIPE)
+    try:
+        assert other.stdout.readline() == b"up\n"
+        listing = nsmagic("ps").stdout
+        row = next(line for line in listing.splitlines() if str(other.pid) in line)
+        assert "/ 48.0 MiB" in row, listing
+    finally:
+        other.kill()
+        other.wait()
+    assert str(other.pid) not in nsmagic("ps").stdout   # a dead runner's group is no container

@@ -130,3 +130,25 @@ def test_config_makes_no_plot_and_interval_the_default(ip):
         assert len(samples) >= 5, len(samples)   # ~every 0.1 s, not every 0.25 s
     finally:
         ip.run_line_magic("config", "ContainerMagics.interval = 0.25")
+
+
+def test_stats_plots_every_running_container_live(kernel):
+    import subprocess
+    import sys
+    _, kc = kernel
+    other = subprocess.Popen([sys.executable, "-m", "nsmagic", "run", "--mem", "80M", "--cpus",
+                              "0.5", "--", "sh", "-c", "echo up; while :; do :; done"],
+                             cwd=REPO, stdout=subprocess.PIPE)
+    try:
+        assert other.stdout.readline() == b"up\n"
+        messages, reply = _execute(kc, "%container stats --seconds 2")
+    finally:
+        other.kill()
+        other.wait()
+    assert reply["content"]["status"] == "ok"
+    shown = [m for m in messages if m["msg_type"] == "display_data"]
+    updates = [m for m in messages if m["msg_type"] == "update_display_data"]
+    text = "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
+    assert f"nsmagic-{other.pid}-" in text
+    assert shown and "image/png" in shown[0]["content"]["data"]
+    assert len(updates) >= 2, [m["msg_type"] for m in messages]

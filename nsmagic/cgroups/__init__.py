@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 
@@ -11,8 +12,8 @@ from .layout import Layout, detect
 from .v1 import CgroupV1
 from .v2 import RUNNER_LEAF, CgroupV2
 
-__all__ = ["Cgroup", "Limits", "Usage", "Layout", "detect", "open_cgroup", "sweep",
-           "group_name", "owner_pid"]
+__all__ = ["Cgroup", "Layout", "Limits", "Usage", "detect", "group_name", "open_cgroup",
+           "owner_pid", "running", "sweep"]
 
 
 def group_name(run_id: str) -> str:
@@ -91,3 +92,23 @@ def sweep(layout: Layout | None = None) -> list[str]:
         except (OSError, CgroupError):
             pass
     return removed
+
+
+def running(layout: Layout | None = None) -> list[Cgroup]:
+    """Every run's group on this machine (any runner's, like `docker ps`), read-only handles."""
+    layout = layout or detect()
+    found: dict[str, dict[str, str]] = {}
+    if layout.kind == "v2":
+        for path in glob.glob(os.path.join(layout.v2_mount, "**", PREFIX + "*"), recursive=True):
+            name = os.path.basename(path)
+            if not name.startswith(RUNNER_LEAF) and os.path.isdir(path):
+                found.setdefault(name, {})["unified"] = path
+        return [CgroupV2.attach(name, dirs["unified"], layout) for name, dirs in
+                sorted(found.items())]
+    for controller in ("memory", "cpu", "cpuacct", "pids"):
+        mount = layout.v1_mounts.get(controller)
+        if mount:
+            for path in glob.glob(os.path.join(mount, "**", PREFIX + "*"), recursive=True):
+                if os.path.isdir(path):
+                    found.setdefault(os.path.basename(path), {})[controller] = path
+    return [CgroupV1.attach(name, dirs) for name, dirs in sorted(found.items())]

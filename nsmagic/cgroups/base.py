@@ -82,6 +82,10 @@ class Cgroup(ABC):
     @abstractmethod
     def directories(self) -> list[str]: ...
 
+    @abstractmethod
+    def read_limits(self) -> Limits:
+        """The limits as the kernel holds them (for groups this process did not make)."""
+
     def destroy(self) -> None:
         self.close()
         if self.pids():
@@ -126,6 +130,19 @@ def read_int(text: str | None) -> int | None:
         return int((text or "").split()[0])
     except (ValueError, IndexError):
         return None
+
+
+def read_limit(path: str, unlimited_above: int = 1 << 62) -> int | None:
+    """A limit file's value; None for 'max', -1 or v1's page-rounded 'no limit'."""
+    try:
+        with open(path) as f:
+            text = f.read().split()
+    except OSError:
+        return None
+    if not text or text[0] in ("max", "-1"):
+        return None
+    value = int(text[0])
+    return None if value >= unlimited_above else value
 
 
 def write(path: str, value: str) -> None:

@@ -13,7 +13,17 @@ import signal
 import time
 
 from ..errors import CgroupError
-from .base import CPU_PERIOD_USEC, Cgroup, Limits, Usage, make_dir, read_int, read_keyed, write
+from .base import (
+    CPU_PERIOD_USEC,
+    Cgroup,
+    Limits,
+    Usage,
+    make_dir,
+    read_int,
+    read_keyed,
+    read_limit,
+    write,
+)
 from .layout import Layout
 
 
@@ -31,6 +41,24 @@ class CgroupV1(Cgroup):
         if limits.memory is not None and "memory" not in self.dirs:
             raise CgroupError("the memory controller is not mounted; mount cgroup v1 memory "
                               "or drop --mem.")
+
+    @classmethod
+    def attach(cls, name: str, dirs: dict[str, str]) -> CgroupV1:
+        """A handle on an existing group (another runner's), to read it."""
+        cg = cls.__new__(cls)
+        Cgroup.__init__(cg, name, Limits())
+        cg.dirs = dict(dirs)
+        cg.limits = cg.read_limits()
+        return cg
+
+    def read_limits(self) -> Limits:
+        d = self.dirs
+        quota = read_limit(f"{d['cpu']}/cpu.cfs_quota_us") if "cpu" in d else None
+        period = read_limit(f"{d['cpu']}/cpu.cfs_period_us") if "cpu" in d else None
+        return Limits(
+            memory=read_limit(f"{d['memory']}/memory.limit_in_bytes") if "memory" in d else None,
+            cpus=quota / period if quota and period else None,
+            pids=read_limit(f"{d['pids']}/pids.max") if "pids" in d else None)
 
     def directories(self) -> list[str]:
         return sorted(set(self.dirs.values()))   # cpu and cpuacct may share one mount

@@ -9,7 +9,17 @@ import signal
 import time
 
 from ..errors import CgroupError
-from .base import CPU_PERIOD_USEC, Cgroup, Limits, Usage, make_dir, read_int, read_keyed, write
+from .base import (
+    CPU_PERIOD_USEC,
+    Cgroup,
+    Limits,
+    Usage,
+    make_dir,
+    read_int,
+    read_keyed,
+    read_limit,
+    write,
+)
 from .layout import WANTED_V2, Layout
 
 RUNNER_LEAF = "nsmagic-runner-"
@@ -66,6 +76,21 @@ class CgroupV2(Cgroup):
         self.layout = layout
         self.parent: str | None = None
         self.dir: str | None = None
+
+    @classmethod
+    def attach(cls, name: str, path: str, layout: Layout) -> CgroupV2:
+        """A handle on an existing group (another runner's), to read it."""
+        cg = cls(name, Limits(), layout)
+        cg.dir, cg.parent = path, os.path.dirname(path)
+        cg.limits = cg.read_limits()
+        return cg
+
+    def read_limits(self) -> Limits:
+        cpu = open(f"{self.dir}/cpu.max").read().split() if os.path.exists(
+            f"{self.dir}/cpu.max") else ["max"]
+        return Limits(memory=read_limit(f"{self.dir}/memory.max"),
+                      cpus=int(cpu[0]) / int(cpu[1]) if cpu[0] != "max" else None,
+                      pids=read_limit(f"{self.dir}/pids.max"))
 
     def directories(self) -> list[str]:
         return [self.dir] if self.dir else []

@@ -87,7 +87,7 @@ class Zygote:
                 become_helper(config, fds, runner)
             return pid, os.pidfd_open(pid)
         with cls._lock:
-            for attempt in (1, 2):
+            for _attempt in (1, 2):
                 z = cls._current
                 if z is None or z.owner != os.getpid() or z.process.poll() is not None:
                     z = cls._current = cls()

@@ -1,0 +1,79 @@
+"""`docker ps` and `docker stats` for nsmagic: every run's cgroup on this machine (any
+runner's: this kernel, another notebook, a shell), found by its `nsmagic-` name."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .cgroups import Cgroup
+from .cgroups import running as _all_groups
+from .spec import format_size
+
+
+def running() -> list[Cgroup]:
+    """Groups of live runners. A dead runner's group is a leftover, not a container: its
+    processes died with it, and the next start sweeps the group."""
+    alive = []
+    for cg in _all_groups():
+        pid = owner(cg)
+        try:
+            if pid is not None:
+                os.kill(pid, 0)
+            alive.append(cg)
+        except ProcessLookupError:
+            cg.close()
+        except PermissionError:
+            alive.append(cg)
+    return alive
+
+
+def owner(cg: Cgroup) -> int | None:
+    from .cgroups import owner_pid
+    return owner_pid(cg.name)
+
+
+def age(cg: Cgroup) -> float:
+    """Seconds since the group was made (its directory's change time)."""
+    try:
+        return time.time() - os.stat(cg.directories()[0]).st_ctime
+    except (OSError, IndexError):
+        return 0.0
+
+
+def table(groups: list[Cgroup] | None = None) -> str:
+    groups = running() if groups is None else groups
+    if not groups:
+        return "no nsmagic container is running on this machine."
+    lines = [f"{'ID':<14} {'OWNER':>7} {'UP':>7} {'PIDS':>5} {'CPU s':>7} {'MEMORY':>22}"]
+    for cg in groups:
+        u, lim = cg.usage(), cg.limits
+        memory = format_size(u.working_set) + (f" / {format_size(lim.memory)}"
+                                               if lim.memory else "")
+        lines.append(f"{cg.name.split('-')[-1]:<14} {owner(cg) or '?':>7} {age(cg):6.1f}s "
+                     f"{u.pids_current:>5} {u.cpu_usec / 1e6:7.2f} {memory:>22}")
+        cg.close()
+    return "\n".join(lines)
+
+
+def watch(interval: float = 0.5, on_sample=None, until=None) -> None:
+    """Sample every running group each `interval` s: on_sample(name, usage, limits, ended).
+    Runs until interrupted (KeyboardInterrupt) or `until()` says so; picks up new runs."""
+    handles: dict[str, Cgroup] = {}
+    try:
+        while until is None or not until():
+            current = {cg.name: cg for cg in running()}
+            for name, cg in current.items():
+                handles.setdefault(name, cg)
+            for name, cg in list(handles.items()):
+                ended = name not in current
+                if not ended:
+                    on_sample(name, cg.usage(), cg.limits, False)
+                else:
+                    on_sample(name, None, cg.limits, True)
+                    cg.close()
+                    del handles[name]
+            time.sleep(interval)
+    finally:
+        for cg in handles.values():
+            cg.close()
