@@ -125,7 +125,7 @@ def _follow(container: Run, out, err, on_sample) -> Result:
         sel.close()
     container.wait()
     container.ended = time.monotonic()
-    container.mark("helper exited, output drained")
+    container.mark("PID 1 exited, output drained")
     for sink in sinks.values():
         sink.write(b"")
     result = container.result()

@@ -1,10 +1,9 @@
-"""Child side of a run. Three processes, each in its own role:
+"""Child side of a run. Two processes, each in its own role:
 
-helper   a small fresh interpreter (never a fork of the notebook kernel): reads the config,
-         creates the namespaces, forks PID 1, waits for it and reports its exit.
-init     PID 1 of the new PID namespace: joins the cgroup, builds the root, pivots, forks the
-         workload, forwards signals to it and reaps zombies. When it exits, the kernel kills
-         everything else in the namespace.
+init     PID 1 of the new PID namespace, clone()d straight into its namespaces by the fork
+         server (zygote.py; never a fork of the notebook kernel): joins the cgroup, builds the
+         root, pivots, forks the workload, forwards signals to it, reaps zombies and reports
+         the workload's exit. When it exits, the kernel kills all else in the namespace.
 workload the cell (or command): drops capabilities, closes fds, execs.
 
 Messages go to the parent as JSON lines on the status fd. Only the stdlib is imported here.
@@ -12,6 +11,7 @@ Messages go to the parent as JSON lines on the status fd. Only the stdlib is imp
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -33,6 +33,7 @@ EXIT_SETUP, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
 class Status:
     def __init__(self, fd: int):
         self.fd = fd
+        self.mark = lambda step: None
 
     def send(self, **message) -> None:
         data = (json.dumps(message) + "\n").encode()
@@ -47,57 +48,62 @@ def _exit_code(wait_status: int) -> int:
     return 128 - code if code < 0 else code     # killed by signal n -> 128 + n, as Docker
 
 
-def helper(cfg: dict, status_fd: int, parent: int) -> None:
-    """The helper: a fork of the zygote (see zygote.py), one per run."""
-    status = Status(status_fd)
-    status.mark = _marker(status, cfg.get("profile"))
-    status.mark("helper started")
-    # Die with our parent (the zygote, which dies with the runner); a parent that died before
-    # this line is caught by the getppid() check.
-    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(EXIT_SETUP)
+def namespace_flags(cfg: dict) -> int:
+    if cfg["unconfined"]:
+        return 0
+    flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWPID
+    if cfg["network"] == "none":
+        flags |= linux.CLONE_NEWNET
+    if cfg["rootless"]:
+        flags |= linux.CLONE_NEWUSER
+    return flags
+
+
+def start(cfg: dict, fds: list[int], parent_alive: int) -> int:
+    """In the fork server (or a small runner): clone PID 1 into its new namespaces and return
+    its pid. `fds` are the run's stdin, stdout, stderr and status; `parent_alive` is the read
+    end of a pipe whose writer is the caller, so PID 1 can tell whether we died early."""
     try:
-        flags = (linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC |
-                 linux.CLONE_NEWPID)
-        if cfg["network"] == "none":
-            flags |= linux.CLONE_NEWNET
-        if cfg["unconfined"]:
-            flags = 0
-        elif cfg["rootless"]:
-            _enter_user_namespace()
-        if flags:
-            mounts.step("create namespaces", "(pid, mount, uts, ipc, net)", linux.unshare, flags)
-        status.mark("namespaces created")
-    except SetupError as err:
-        status.send(error=f"{err}; or pass --unconfined to run without isolation",
-                    code=EXIT_SETUP)
-        os._exit(EXIT_SETUP)
-    # PID 1 sees getppid() == 0, so it learns of the helper's death from this pipe's EOF.
-    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+        pid = linux.clone(namespace_flags(cfg))
+    except OSError as err:
+        hint = mounts.HINTS.get(err.errno, (err.strerror or "error").lower())
+        raise SetupError(f"can't create namespaces (pid, mount, uts, ipc, net"
+                         f"{', user' if cfg['rootless'] else ''}): {hint}; "
+                         "or pass --unconfined to run without isolation") from err
     if pid == 0:
-        os.close(alive_w)
-        try:
-            _init(cfg, status, alive_r)
-        except SetupError as err:
-            status.send(error=str(err), code=EXIT_SETUP)
-        except BaseException as err:  # noqa: BLE001 - a PID 1 must never print a traceback
-            status.send(error=f"container setup failed: {err!r}", code=EXIT_SETUP)
+        _become_init(cfg, fds, parent_alive)
+    return pid
+
+
+def _become_init(cfg: dict, fds: list[int], parent_alive: int) -> None:
+    """The clone()d child: put the run's fds in place, then be PID 1. Never returns."""
+    status = Status(4)
+    try:
+        # Out of the way first (a target number may be one of the sources), then into place.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (*fds, parent_alive)]
+        for target, fd in zip((0, 1, 2, 4, 5), high):
+            os.dup2(fd, target)
+        os.closerange(6, 1 << 16)                 # everything else of the fork server's
+        status.mark = _marker(status, cfg.get("profile"))
+        # Die with the fork server (which dies with the runner); EOF on fd 5 means it died
+        # before this line. getppid() is no help: it reads 0 in a new PID namespace.
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if select.select([5], [], [], 0)[0]:
+            os._exit(EXIT_SETUP)
+        os.close(5)
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        status.mark("PID 1 cloned")
+        if cfg["rootless"] and not cfg["unconfined"]:
+            _map_root_to_caller(cfg["uid"], cfg["gid"])
+        _init(cfg, status)
+    except SetupError as err:
+        status.send(error=str(err), code=EXIT_SETUP)
+    except BaseException as err:  # noqa: BLE001 - a PID 1 must never print a traceback
+        status.send(error=f"container setup failed: {err!r}", code=EXIT_SETUP)
+    finally:
         os._exit(EXIT_SETUP)
-    os.close(alive_r)
-    status.send(pid1=pid)
-    status.mark("PID 1 forked")
-    while True:
-        try:
-            _, wait_status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-    code = _exit_code(wait_status)
-    status.mark("PID 1 reaped")
-    status.send(exit=code)
-    os._exit(code)
 
 
 def _marker(status: Status, enabled: bool):
@@ -107,21 +113,15 @@ def _marker(status: Status, enabled: bool):
     return lambda name: status.send(mark=[name, time.monotonic()])
 
 
-def _enter_user_namespace() -> None:
+def _map_root_to_caller(uid: int, gid: int) -> None:
     """Root inside, the calling user outside: a one-line map a process may write itself."""
-    uid, gid = os.geteuid(), os.getegid()
-    mounts.step("create", "a user namespace", linux.unshare, linux.CLONE_NEWUSER)
     for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
 
 
-def _init(cfg: dict, status: Status, helper_alive: int) -> None:
+def _init(cfg: dict, status: Status) -> None:
     """PID 1: set the container up, run the workload, forward signals, reap, exit with it."""
-    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if select.select([helper_alive], [], [], 0)[0]:   # EOF: the helper died before prctl
-        os._exit(EXIT_SETUP)
-    os.close(helper_alive)
     linux.set_name("nsmagic-init")
     linux.prctl(linux.PR_SET_DUMPABLE, 0)   # no /proc/1/exe for the workload (CVE-2019-5736)
     # --- cgroup: join, then a cgroup namespace so the group looks like the root inside
@@ -184,7 +184,9 @@ def _run_workload(cfg: dict, status: Status) -> None:
             os._exit(EXIT_SETUP)
         if reaped == pid:
             status.mark("workload exited")
-            os._exit(_exit_code(wait_status))
+            code = _exit_code(wait_status)
+            status.send(exit=code)
+            os._exit(code)
 
 
 def _kill_group(pid: int, sig: int) -> None:

@@ -1,7 +1,7 @@
-"""Parent side of a run: cgroup, helper process, status channel, stop, result.
+"""Parent side of a run: cgroup, PID 1, status channel, stop, result.
 
 The notebook kernel is never forked (it is large and multi-threaded): a small fork server
-(zygote.py) is started once per process, and forks one helper per run."""
+(zygote.py) is started once per process, and clones each run's PID 1 into its namespaces."""
 
 from __future__ import annotations
 
@@ -38,13 +38,16 @@ def _swept_once():
             pass
 
 
+_ALIVE_R: int | None = None
+
+
 class Zygote:
     """Client of the fork server. Started on first use, from a thread of its own that lives
     as long as the process: PDEATHSIG fires when the *thread* that forked a child exits."""
 
     _current: Zygote | None = None
     _lock = threading.Lock()
-    # A small single-threaded process (the CLI) forks its helper itself: ~1 ms, and no fork
+    # A small single-threaded process (the CLI) clones PID 1 itself: ~1 ms, and no fork
     # server to start. Never set in a notebook kernel: it is large and multi-threaded.
     fork_in_process = False
 
@@ -72,19 +75,18 @@ class Zygote:
         theirs.close()
         if isinstance(started[0], OSError):
             ours.close()
-            raise SetupError(f"can't start the helper process {sys.executable}: "
+            raise SetupError(f"can't start the fork server {sys.executable}: "
                              f"{started[0].strerror.lower()}")
         self.process, self.sock = started[0], ours
 
     @classmethod
     def spawn(cls, config: dict, fds: list[int]) -> tuple[int, int]:
-        """Fork a helper for one run; returns its pid and a pidfd for it."""
+        """Clone one run's PID 1; returns its pid and a pidfd for it."""
         if cls.fork_in_process:
-            from .zygote import become_helper
-            runner = os.getpid()
-            pid = os.fork()
-            if pid == 0:
-                become_helper(config, fds, runner)
+            global _ALIVE_R
+            if _ALIVE_R is None:   # its writer is this process: EOF for PID 1 when we die
+                _ALIVE_R, _ = os.pipe()
+            pid = child.start(config, fds, _ALIVE_R)
             return pid, os.pidfd_open(pid)
         with cls._lock:
             for _attempt in (1, 2):
@@ -93,18 +95,21 @@ class Zygote:
                     z = cls._current = cls()
                 try:
                     socket.send_fds(z.sock, [json.dumps(config).encode()], fds)
-                    data, pidfds, _, _ = socket.recv_fds(z.sock, 4096, 1)
-                    if data and pidfds:
-                        return json.loads(data)["pid"], pidfds[0]
+                    data, pidfds, _, _ = socket.recv_fds(z.sock, 65536, 1)
+                    reply = json.loads(data) if data else {}
+                    if "error" in reply:
+                        raise SetupError(reply["error"])
+                    if pidfds:
+                        return reply["pid"], pidfds[0]
                 except OSError:
                     pass
                 cls._current = None               # it died: start a new one, once
-        raise SetupError("the nsmagic helper process died twice; run `nsmagic info` to see "
+        raise SetupError("the nsmagic fork server died twice; run `nsmagic info` to see "
                          "what this machine allows.")
 
 
-class Helper:
-    """A run's helper, watched through a pidfd (it is the zygote's child, not ours)."""
+class Init:
+    """A run's PID 1, watched through a pidfd (it is the zygote's child, not ours)."""
 
     def __init__(self, pid: int, pidfd: int, stdin=None, stdout=None, stderr=None):
         self.pid, self.pidfd = pid, pidfd
@@ -114,7 +119,7 @@ class Helper:
     def wait(self, timeout: float | None = None) -> None:
         if not self.exited:
             if not select.select([self.pidfd], [], [], timeout)[0]:
-                raise subprocess.TimeoutExpired("nsmagic helper", timeout)
+                raise subprocess.TimeoutExpired("nsmagic-init", timeout)
             self.exited = True
 
     def poll(self) -> bool:
@@ -125,11 +130,15 @@ class Helper:
             return True
         return False
 
+    def send_signal(self, sig: int) -> None:
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except ProcessLookupError:
+                pass
+
     def kill(self) -> None:
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self.send_signal(signal.SIGKILL)
 
     def close(self) -> None:
         for f in (self.stdin, self.stdout, self.stderr):
@@ -228,7 +237,7 @@ class Result:
 
 
 class Run:
-    """A live container: its cgroup, its helper process and the pipes to it."""
+    """A live container: its cgroup, its PID 1 and the pipes to it."""
 
     def __init__(self, spec: Spec, out=None, err=None):
         self.spec = spec
@@ -238,7 +247,7 @@ class Run:
         self.rootless = spec.rootless if spec.rootless is not None else os.geteuid() != 0
         self.cgroup: cgroups.Cgroup | None = None
         self.limits_enforced = True
-        self.process: Helper | None = None
+        self.process: Init | None = None
         self.pid1: int | None = None
         self.exit_code: int | None = None
         self.error: str | None = None
@@ -274,6 +283,8 @@ class Run:
             if limits.any:
                 self.warning = (f"limits NOT enforced: {err} (--strict makes this an error)")
         config = {
+            "uid": os.geteuid(),
+            "gid": os.getegid(),
             "rootless": self.rootless,
             "network": spec.network,
             "hostname": self.hostname,
@@ -322,8 +333,9 @@ class Run:
         finally:
             for fd in theirs:
                 os.close(fd)
-        self.process = Helper(pid, pidfd, **ours)
-        self.mark("helper forked")
+        self.process = Init(pid, pidfd, **ours)
+        self.pid1 = pid
+        self.mark("PID 1 cloned (runner)")
         self.status_fd = status_r
         return self
 
@@ -337,10 +349,10 @@ class Run:
         env.update(dict(self.spec.env))
         return [[k, v] for k, v in env.items()]
 
-    # --- status messages from the helper and PID 1
+    # --- status messages from PID 1 (and its workload, until exec)
 
     def read_status(self) -> bool:
-        """Read what is there; False once the helper and PID 1 have both closed the channel."""
+        """Read what is there; False once PID 1 (and its workload) closed the channel."""
         try:
             data = os.read(self.status_fd, 65536)
         except BlockingIOError:
@@ -351,10 +363,9 @@ class Run:
         *lines, self._status_buf = self._status_buf.split(b"\n")
         for line in lines:
             msg = json.loads(line)
-            if "pid1" in msg:
-                self.pid1 = msg["pid1"]
             if "error" in msg and self.error is None:
                 self.error = msg["error"]
+                self.exit_code = msg.get("code", self.exit_code)
             if "exit" in msg:
                 self.exit_code = msg["exit"]
             if "mark" in msg:
@@ -365,14 +376,8 @@ class Run:
 
     def send_signal(self, sig: int) -> None:
         """To the workload (PID 1 forwards it); SIGKILL goes to PID 1, which takes all along."""
-        target = self.pid1
-        if target is None and self.process is not None:
-            target = self.process.pid
-        if target is not None:
-            try:
-                os.kill(target, sig)
-            except ProcessLookupError:
-                pass
+        if self.process is not None:
+            self.process.send_signal(sig)
 
     def kill_all(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -409,10 +414,10 @@ class Run:
 
     def wait(self) -> int:
         self.process.wait()
-        # The helper and its PID 1 are gone: what they said is all in the pipe now.
+        # PID 1 is gone, and its namespace with it: what it said is all in the pipe now.
         while self.status_fd is not None and self.read_status():
             pass
-        if self.exit_code is None:   # the helper itself was killed before it could report
+        if self.exit_code is None:   # PID 1 itself was killed before it could report
             self.exit_code = 128 + signal.SIGKILL
         return self.exit_code
 
