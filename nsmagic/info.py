@@ -80,7 +80,7 @@ def _mode(info: dict) -> tuple[str, list[str]]:
         mode = "unavailable: namespaces cannot be created here"
         missing.append(f"namespaces ({', '.join(failed)}): {FIXES['blocked']}; "
                        f"or {FIXES['user']}.")
-    if info.get("overlay"):
+    if info.get("overlay") and not mode.startswith("unavailable"):  # else it failed on unshare
         missing.append(f"overlayfs ({info['overlay']}): {FIXES['overlay']}.")
     if info["root"] and not limits_ok:
         missing.append("cgroup controllers memory, cpu and pids: mount them (cgroup v2 at "
@@ -113,3 +113,15 @@ def report(info: dict) -> str:
         lines.append("Missing:")
         lines += [f"  - {m}" for m in info["missing"]]
     return "\n".join(lines)
+
+
+def unavailable_reason(info: dict, spec) -> str | None:
+    """The one sentence a cell gets where this host cannot run it (Binder, a locked pod), or
+    where --strict limits cannot be enforced; None where it can run."""
+    if info["mode"].startswith("unavailable"):
+        return f"%%container cannot run on this host: {info['missing'][0]}"
+    wants_limits = any(v is not None for v in (spec.memory, spec.cpus, spec.pids))
+    if spec.strict and wants_limits and "NO cgroup limits" in info["mode"]:
+        line = next(m for m in info["missing"] if m.startswith("cgroup limits"))
+        return f"%%container cannot enforce --mem, --cpus or --pids on this host: {line}"
+    return None

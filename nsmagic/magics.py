@@ -56,6 +56,12 @@ class ContainerMagics(Magics):
                                    help="live view: ipywidgets dashboard, or a display "
                                         "handle updated with PNGs (what VS Code keeps)"
                                    ).tag(config=True)
+    when_unavailable = CaselessStrEnum(
+        ["raise", "explain"], default_value="raise",
+        help="where this host cannot run a container (no namespaces: Binder, a locked pod): "
+             "raise (the cell fails), or explain (print why in one sentence and go on)"
+    ).tag(config=True)
+    _host_info = None   # probed once per kernel, and only when `explain` needs it
 
     @line_cell_magic
     def container(self, line, cell=None):
@@ -66,6 +72,15 @@ class ContainerMagics(Magics):
                                   parser=build_parser(_MagicParser, "%%container"))
         except SpecError as err:
             raise UsageError(str(err)) from None
+        if self.when_unavailable == "explain" and not spec.unconfined:
+            reason = self._unavailable(spec)
+            if reason:
+                print(reason)
+                self.shell.user_ns["_container"] = None
+                for var in (spec.out_var, spec.err_var):
+                    if var:
+                        self.shell.user_ns[var] = ""
+                return
         if not self.plot:
             spec = spec.replace(plot=False)
         if "--interval" not in line:
@@ -99,6 +114,12 @@ class ContainerMagics(Magics):
             print(result.profile_table())
         if result.exit_code != 0 and spec.raise_error:
             raise ContainerError(result, cell)
+
+    def _unavailable(self, spec):
+        from .info import gather, unavailable_reason
+        if ContainerMagics._host_info is None:
+            ContainerMagics._host_info = gather()
+        return unavailable_reason(ContainerMagics._host_info, spec)
 
     def _live_view(self, spec, widgets=None):
         try:

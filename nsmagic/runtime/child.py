@@ -11,6 +11,7 @@ Messages go to the parent as JSON lines on the status fd. Only the stdlib is imp
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -63,8 +64,24 @@ def start(cfg: dict, fds: list[int], parent_alive: int) -> int:
     """In the fork server (or a small runner): clone PID 1 into its new namespaces and return
     its pid. `fds` are the run's stdin, stdout, stderr and status; `parent_alive` is the read
     end of a pipe whose writer is the caller, so PID 1 can tell whether we died early."""
+    cgroup_fd = None
+    if cfg.get("cgroup_dir"):     # v2: born in its group (clone3 CLONE_INTO_CGROUP, 5.7+)
+        try:
+            cgroup_fd = os.open(cfg["cgroup_dir"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            pass
     try:
-        pid = linux.clone(namespace_flags(cfg))
+        try:
+            pid = linux.clone(namespace_flags(cfg), cgroup_fd)
+            if cgroup_fd is not None and pid == 0:
+                cfg["cgroup_procs"] = []   # already in it
+        except OSError as err:
+            if cgroup_fd is None or err.errno not in (errno.ENOSYS, errno.EINVAL, errno.E2BIG):
+                raise
+            pid = linux.clone(namespace_flags(cfg))   # an older kernel: join by writing
+        finally:
+            if cgroup_fd is not None and pid != 0:
+                os.close(cgroup_fd)
     except OSError as err:
         hint = mounts.HINTS.get(err.errno, (err.strerror or "error").lower())
         raise SetupError(f"can't create namespaces (pid, mount, uts, ipc, net"

@@ -290,6 +290,8 @@ class Run:
             "hostname": self.hostname,
             "plan": plan_root(spec),
             "cgroup_procs": self.cgroup.procs_files() if self.cgroup else [],
+            "cgroup_dir": (self.cgroup.directories()[0]
+                           if self.cgroup and self.cgroup.version == "v2" else None),
             "cgroup_mounts": _cgroup_mounts(layout) if self.cgroup else [],
             "argv": self._argv(),
             "env": self._env(),

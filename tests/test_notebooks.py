@@ -1,0 +1,270 @@
+"""The course notebooks (notebooks/*.ipynb), executed end to end with nbclient.
+
+- kernel tier (root): every cell of every notebook runs, from a temporary copy (the repository's
+  files are never rewritten), with the venv's own kernel; outputs are checked where they mean
+  something (PID 1 and 2, an OOM kill said in words, a final PNG, a whiteout, the host's files
+  unchanged).
+- unprivileged tier: the path a Binder user sees. The notebooks run as user nobody in a process
+  where every namespace is refused (tests/notebooks_degraded/blocked.py: a seccomp filter, as
+  Binder's); each %%container cell must print the banner's sentence and nothing may show a
+  traceback.
+- core tier: the saved notebooks keep their outputs (from `notebooks/refresh`), without widget
+  state and without errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+nbformat = pytest.importorskip("nbformat")
+
+NOTEBOOKS = os.path.join(REPO, "notebooks")
+NAMES = ["01-namespaces.ipynb", "02-cgroups.ipynb", "03-union-filesystems.ipynb"]
+DEGRADED = os.path.join(REPO, "tests", "notebooks_degraded")
+NOBODY = 65534
+CELL_TIMEOUT = 300
+
+
+# --- reading an executed notebook
+
+
+def text_of(cell) -> str:
+    """Everything a reader sees of a code cell, as text: streams, text/plain, errors."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type == "error":
+            parts.append("\n".join(out.traceback) + f"\n{out.ename}: {out.evalue}")
+        else:
+            parts.append(out.get("data", {}).get("text/plain", ""))
+            parts.append(out.get("data", {}).get("text/html", ""))
+    return "".join(parts)
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def cell(nb, first_line: str):
+    """The one code cell whose first line starts with `first_line`."""
+    found = [c for c in code_cells(nb) if c.source.startswith(first_line)]
+    assert len(found) == 1, f"{len(found)} cells start with {first_line!r}"
+    return found[0]
+
+
+def cell_containing(nb, snippet: str):
+    found = [c for c in code_cells(nb) if snippet in c.source]
+    assert len(found) == 1, f"{len(found)} cells contain {snippet!r}"
+    return found[0]
+
+
+def pngs(c) -> list:
+    return [o for o in c.outputs if o.output_type in ("display_data", "update_display_data")
+            and "image/png" in o.get("data", {})]
+
+
+def no_errors(nb, name):
+    for c in code_cells(nb):
+        errors = [o for o in c.outputs if o.output_type == "error"]
+        assert not errors, f"{name}: cell {c.source[:60]!r} failed: {text_of(c)[-2000:]}"
+        assert "Traceback" not in text_of(c), f"{name}: a traceback in {c.source[:60]!r}"
+
+
+# --- kernel tier: every cell runs as root
+
+
+def execute(path: str) -> "nbformat.NotebookNode":
+    from nbclient import NotebookClient
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
+                   resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+    return nb
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Each notebook executed once, from a copy; a cell error fails the test that asks for it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CI runs as root)")
+    where = tmp_path_factory.mktemp("notebooks")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            original = open(os.path.join(NOTEBOOKS, name), "rb").read()
+            shutil.copy(os.path.join(NOTEBOOKS, name), where / name)
+            env_before = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = REPO     # the kernel imports this checkout's nsmagic
+            try:
+                cache[name] = execute(str(where / name))
+            finally:
+                if env_before is None:
+                    os.environ.pop("PYTHONPATH")
+                else:
+                    os.environ["PYTHONPATH"] = env_before
+            assert open(os.path.join(NOTEBOOKS, name), "rb").read() == original
+        return cache[name]
+    return get
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("name", NAMES)
+def test_every_cell_runs_and_the_banner_says_everything_runs(executed, name):
+    nb = executed(name)
+    no_errors(nb, name)
+    setup = code_cells(nb)[0]
+    assert "Every cell of this notebook runs on this machine" in text_of(setup)
+    assert "Mode:              full" in text_of(setup)          # %container info's report
+
+
+@pytest.mark.kernel
+def test_the_setup_cell_sets_only_options_nsmagic_has(executed):
+    setup = text_of(code_cells(executed("01-namespaces.ipynb"))[0])
+    assert "not recognized" not in setup, (
+        "%config ContainerMagics.when_unavailable is not an option of nsmagic yet: " + setup[:300])
+
+
+@pytest.mark.kernel
+def test_namespaces_pid_1_and_2_hostname_network_and_ns_links(executed):
+    nb = executed("01-namespaces.ipynb")
+    ps = text_of(cell(nb, "%%container --no-plot sh\necho"))
+    assert "this shell is PID 2, its parent is PID 1" in ps
+    assert any(line.split() == ["1", "0", "nsmagic-init"] for line in ps.splitlines()), ps
+    assert "classroom\nclassroom" in text_of(cell(nb, "%%container --no-plot --hostname classroom"))
+    net = text_of(cell_containing(nb, "socket.create_connection"))
+    assert "interfaces: ['lo']" in net and "unreachable" in net
+    table = text_of(cell_containing(nb, "container_ns = dict"))
+    rows = {line.split()[0]: line.split()[-1] for line in table.splitlines()[1:] if line.strip()}
+    assert {rows[n] for n in ("pid", "mnt", "net", "uts", "ipc", "cgroup")} == {"new"}, table
+    assert "of them mention nsmagic: 0" in text_of(cell_containing(nb, "grep -c nsmagic"))
+
+
+@pytest.mark.kernel
+def test_cgroups_oom_kill_said_in_words_with_a_final_png(executed):
+    nb = executed("02-cgroups.ipynb")
+    oom = cell(nb, "%%container --mem 100M")
+    assert "OOM killed" in text_of(oom) and "exit 137" in text_of(oom)
+    assert len(pngs(oom)) == 1, "the live plot leaves exactly one final PNG"
+    assert pngs(oom)[0].data["text/plain"].startswith("<nsmagic plot: exit 137")
+    assert "'oom_killed': True" in text_of(cell(nb, "r = _container"))
+
+
+@pytest.mark.kernel
+def test_cgroups_cpu_quota_pids_limit_and_the_files(executed):
+    nb = executed("02-cgroups.ipynb")
+    cpu = cell(nb, "%%container --cpus 0.5")
+    assert pngs(cpu) and "throttled" in text_of(cpu)
+    share = int(text_of(cpu).split("that is ")[1].split("%")[0])
+    assert 25 <= share <= 75, text_of(cpu)       # about half; a busy CI host may vary
+    bomb = text_of(cell(nb, "%%container --pids 32"))
+    assert "Resource temporarily unavailable" in bomb and "pids peak of 32" in bomb
+    inside = text_of(cell(nb, "%%container --no-plot --mem 64M --cpus 1 --pids 50"))
+    assert "67108864" in inside and "50" in inside
+    outside = text_of(cell_containing(nb, "def groups_of(pid)"))
+    assert "/nsmagic-" in outside and "after the run ended: no group left" in outside
+
+
+@pytest.mark.kernel
+def test_union_filesystems_whiteout_host_unchanged_second_run_clean(executed):
+    nb = executed("03-union-filesystems.ipynb")
+    assert "unchanged on the host: True" in text_of(cell(nb, "after = "))
+    assert "on the host: False" in text_of(cell(nb, "after = "))
+    second = text_of(cell_containing(nb, "ls /etc/created-inside ||"))
+    assert "written inside a container" not in second and "/etc/issue.net" in second
+    assert "whiteout: hides" in text_of(cell(nb, "import stat"))
+    assert "c---------" in text_of(cell_containing(nb, 'echo; echo "upper:"'))
+    image = text_of(cell_containing(nb, "--rootfs {image}"))
+    assert "a busybox image\nchanged inside" in image
+    assert "changed inside" not in text_of(cell_containing(nb, 'cat "$1/etc/motd"'))
+
+
+# --- core tier: the saved notebooks read well on GitHub
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("name", NAMES)
+def test_saved_notebooks_keep_outputs_from_a_real_run(name):
+    nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    nbformat.validate(nb)
+    assert "widgets" not in nb.metadata, "widget state saved: run notebooks/refresh"
+    no_errors(nb, name)
+    for c in code_cells(nb):
+        if c.source.startswith("%%container"):
+            assert c.outputs and c.execution_count, f"{name}: {c.source[:50]!r} has no output"
+            if "--no-plot" not in c.source.splitlines()[0]:
+                assert len(pngs(c)) == 1, f"{name}: {c.source[:50]!r} keeps no final PNG"
+    assert "Every cell of this notebook runs" in text_of(code_cells(nb)[0])
+
+
+# --- unprivileged tier: namespaces refused, as on Binder
+
+
+def _readable_by_all(path: str) -> bool:
+    path = os.path.realpath(path)
+    while path != "/":
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+        path = os.path.dirname(path)
+    return True
+
+
+@pytest.mark.unprivileged
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to a user")
+def test_where_namespaces_are_refused_every_cell_explains_and_none_fails(tmp_path_factory):
+    venv_python = sys.executable
+    if not (_readable_by_all(venv_python) and os.path.exists("/usr/bin/python3")):
+        pytest.fail(f"{venv_python} must be reachable by user nobody")
+    top = tmp_path_factory.mktemp("degraded")
+    for d in [top, *top.parents]:
+        if str(d) in ("/", "/tmp"):
+            break
+        os.chmod(d, 0o755)
+    shutil.copytree(os.path.join(REPO, "nsmagic"), top / "pkg" / "nsmagic",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    os.makedirs(top / "src")
+    for name in NAMES:
+        shutil.copy(os.path.join(NOTEBOOKS, name), top / "src" / name)
+    shutil.copy(os.path.join(DEGRADED, "run_notebooks.py"), top / "run_notebooks.py")
+    home = top / "home"
+    startup = home / ".ipython" / "profile_default" / "startup"
+    os.makedirs(startup)
+    os.makedirs(top / "out")
+    subprocess.run(["chmod", "-R", "a+rX", str(top)], check=True)
+    for d in (home, top / "out", top / "src"):      # the kernel writes here as nobody
+        subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(d)], check=True)
+    env = {"PATH": f"{os.path.dirname(venv_python)}:/usr/bin:/bin", "HOME": str(home),
+           "IPYTHONDIR": str(home / ".ipython"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+           "MPLCONFIGDIR": str(home / "mpl"), "PYTHONPATH": str(top / "pkg"), "LANG": "C.UTF-8"}
+    done = subprocess.run(["/usr/bin/python3", os.path.join(DEGRADED, "blocked.py"), str(NOBODY),
+                           "--", venv_python, str(top / "run_notebooks.py"), str(top / "src"),
+                           str(top / "out")],
+                          capture_output=True, text=True, env=env, cwd=str(top), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {name: "ok" for name in NAMES}, report
+    for name in NAMES:
+        nb = nbformat.read(top / "out" / name, as_version=4)
+        no_errors(nb, name)
+        setup = text_of(code_cells(nb)[0])
+        assert "Running as root:   no" in setup and "Mode:              unavailable" in setup
+        assert "not recognized" not in setup
+        banner = next(o for o in code_cells(nb)[0].outputs if o.output_type == "display_data")
+        lines = banner.data["text/plain"].splitlines()
+        assert lines[0] == "Some cells of this notebook cannot run on this host:"
+        assert "where you are root" in lines[-1]
+        reason = next(line for line in lines if line.startswith("namespaces ("))
+        assert "blocks namespaces" in reason, reason
+        for c in code_cells(nb):
+            if c.source.startswith("%%container"):
+                said = text_of(c)
+                assert f"%%container cannot run on this host: {reason}" in said, (name, said)
+                assert not pngs(c)
