@@ -11,11 +11,27 @@ from .cgroups import running as _all_groups
 from .spec import format_size
 
 
+def _is_spare(cg: Cgroup) -> bool:
+    """A PID 1 kept ready for a runner's next run (comm nsmagic-spare) is no container yet."""
+    pids = cg.pids()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "nsmagic-spare":
+                    return False
+        except OSError:
+            pass
+    return True
+
+
 def running() -> list[Cgroup]:
     """Groups of live runners. A dead runner's group is a leftover, not a container: its
-    processes died with it, and the next start sweeps the group."""
+    processes died with it, and the next start sweeps the group. Spares are not listed."""
     alive = []
     for cg in _all_groups():
+        if _is_spare(cg):
+            cg.close()
+            continue
         pid = owner(cg)
         try:
             if pid is not None:

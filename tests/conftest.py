@@ -23,18 +23,22 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs a
 def leftovers(owner: int | None = None) -> list[str]:
     """What runs of `owner` (default: this process) left behind: cgroups (named
     nsmagic-<owner pid>-<id>), host mounts, processes in such groups. Other processes' runs
-    (a notebook open meanwhile) are not ours to judge."""
+    (a notebook open meanwhile) are not ours to judge, nor is this process's ready spare
+    (a PID 1 kept waiting for the next run, by design)."""
+    from nsmagic.runtime.launcher import Spares
+    spares = Spares.settle() if owner is None else set()
     mine = f"nsmagic-{owner or os.getpid()}-"
     found = [d for d in glob.glob("/sys/fs/cgroup/**/" + mine + "*", recursive=True)
-             if os.path.isdir(d)]
+             if os.path.isdir(d) and os.path.basename(d) not in spares]
     with open("/proc/self/mountinfo") as f:
         found += [line.strip() for line in f if "nsmagic" in line]
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cgroup") as f:
-                    if mine in f.read():
-                        found.append(f"process {pid}")
+                    groups = f.read()
+                if mine in groups and not any(name in groups for name in spares):
+                    found.append(f"process {pid}")
             except OSError:
                 pass
     return found

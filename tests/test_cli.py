@@ -92,3 +92,21 @@ def test_ps_lists_running_containers_of_any_runner():
         other.kill()
         other.wait()
     assert str(other.pid) not in nsmagic("ps").stdout   # a dead runner's group is no container
+
+
+def test_a_runners_spare_is_no_container_and_goes_when_the_runner_exits():
+    """After a run, a notebook keeps the next run's PID 1 ready (joined to its group): `ps`
+    must not list it, and a runner that exits normally takes it along."""
+    from conftest import leftovers
+    code = ("import sys, time; from nsmagic.core import run; from nsmagic.spec import Spec; "
+            "from nsmagic.runtime.launcher import Spares; "
+            "run(Spec.from_argv('-- true')); print(sorted(Spares.settle()), flush=True); "
+            "sys.stdin.readline()")
+    runner = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    spares = json.loads(runner.stdout.readline().replace("'", '"'))
+    assert len(spares) == 1 and spares[0].startswith(f"nsmagic-{runner.pid}-")
+    assert any(spares[0] in line for line in leftovers(runner.pid))   # it exists...
+    assert str(runner.pid) not in nsmagic("ps").stdout                # ...but is no container
+    runner.communicate("\n", timeout=30)
+    assert leftovers(runner.pid) == []

@@ -51,10 +51,12 @@ CPU_PERIOD_USEC = 100_000
 class Cgroup(ABC):
     """A run's cgroup, in every hierarchy it needs.
 
-    Contract: create() makes the group(s) and applies the limits; procs_files() names the
-    files a process writes "0" into to join; usage() reads every counter once (from files kept
-    open) and never raises once the group exists; kill() ends every process in the group and
-    returns when they are gone; destroy() removes the group(s) and may be called more than once.
+    Contract: make() makes the group(s); apply() writes self.limits into them; create() does
+    both (a spare makes its group early and gets its limits when its run comes). procs_files()
+    names the files a process writes "0" into to join; usage() reads every counter once (from
+    files kept open) and never raises once the group exists; kill() ends every process in the
+    group and returns when they are gone; destroy() removes the group(s), and may be called
+    more than once.
     """
 
     version: str = ""
@@ -64,8 +66,15 @@ class Cgroup(ABC):
         self.limits = limits
         self._fds: dict[str, int] = {}
 
+    def create(self) -> None:
+        self.make()
+        self.apply()
+
     @abstractmethod
-    def create(self) -> None: ...
+    def make(self) -> None: ...
+
+    @abstractmethod
+    def apply(self) -> None: ...
 
     @abstractmethod
     def procs_files(self) -> list[str]: ...

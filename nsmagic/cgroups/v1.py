@@ -63,9 +63,11 @@ class CgroupV1(Cgroup):
     def directories(self) -> list[str]:
         return sorted(set(self.dirs.values()))   # cpu and cpuacct may share one mount
 
-    def create(self) -> None:
+    def make(self) -> None:
         for path in self.directories():
             make_dir(path)
+
+    def apply(self) -> None:
         m, d = self.limits, self.dirs
         # --- memory: the limit, and swap held at zero so the limit is real
         if m.memory is not None:

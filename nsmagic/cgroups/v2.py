@@ -95,10 +95,12 @@ class CgroupV2(Cgroup):
     def directories(self) -> list[str]:
         return [self.dir] if self.dir else []
 
-    def create(self) -> None:
+    def make(self) -> None:
         self.parent = run_parent(self.layout)
         self.dir = os.path.join(self.parent, self.name)
         make_dir(self.dir)
+
+    def apply(self) -> None:
         enabled = _available(self.dir)
         m = self.limits
         for flag, value, controller in (("--mem", m.memory, "memory"), ("--cpus", m.cpus, "cpu"),

@@ -1,7 +1,8 @@
 """Child side of a run. Two processes, each in its own role:
 
 init     PID 1 of the new PID namespace, clone()d straight into its namespaces by the fork
-         server (zygote.py; never a fork of the notebook kernel): joins the cgroup, builds the
+         server (zygote.py; never a fork of the notebook kernel). Phase 1, possibly ahead of
+         its run (a spare): joins the cgroup and waits. Phase 2: receives the run, builds the
          root, pivots, forks the workload, forwards signals to it, reaps zombies and reports
          the workload's exit. When it exits, the kernel kills all else in the namespace.
 workload the cell (or command): drops capabilities, closes fds, execs.
@@ -60,48 +61,54 @@ def namespace_flags(cfg: dict) -> int:
     return flags
 
 
-def start(cfg: dict, fds: list[int], parent_alive: int) -> int:
-    """In the fork server (or a small runner): clone PID 1 into its new namespaces and return
-    its pid. `fds` are the run's stdin, stdout, stderr and status; `parent_alive` is the read
-    end of a pipe whose writer is the caller, so PID 1 can tell whether we died early."""
+def start(boot: dict, fds: list[int], parent_alive: int) -> int:
+    """In the fork server (or a small runner): clone a PID 1 into new namespaces and its
+    cgroup, and return its pid. PID 1 then waits for its run (see _become_init).
+
+    `boot` says what must be known at clone time: namespaces, user, cgroup. `fds` are the
+    control socket (the run's config and stdio arrive there) and the status pipe;
+    `parent_alive` is the read end of a pipe whose writer is the caller, so PID 1 can tell
+    whether we died early."""
     cgroup_fd = None
-    if cfg.get("cgroup_dir"):     # v2: born in its group (clone3 CLONE_INTO_CGROUP, 5.7+)
+    if boot.get("cgroup_dir"):    # v2: born in its group (clone3 CLONE_INTO_CGROUP, 5.7+)
         try:
-            cgroup_fd = os.open(cfg["cgroup_dir"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            cgroup_fd = os.open(boot["cgroup_dir"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             pass
     try:
         try:
-            pid = linux.clone(namespace_flags(cfg), cgroup_fd)
+            pid = linux.clone(namespace_flags(boot), cgroup_fd)
             if cgroup_fd is not None and pid == 0:
-                cfg["cgroup_procs"] = []   # already in it
+                boot["cgroup_procs"] = []   # already in it
         except OSError as err:
             if cgroup_fd is None or err.errno not in (errno.ENOSYS, errno.EINVAL, errno.E2BIG):
                 raise
-            pid = linux.clone(namespace_flags(cfg))   # an older kernel: join by writing
+            pid = linux.clone(namespace_flags(boot))   # an older kernel: join by writing
         finally:
             if cgroup_fd is not None and pid != 0:
                 os.close(cgroup_fd)
     except OSError as err:
         hint = mounts.HINTS.get(err.errno, (err.strerror or "error").lower())
         raise SetupError(f"can't create namespaces (pid, mount, uts, ipc, net"
-                         f"{', user' if cfg['rootless'] else ''}): {hint}; "
+                         f"{', user' if boot['rootless'] else ''}): {hint}; "
                          "or pass --unconfined to run without isolation") from err
     if pid == 0:
-        _become_init(cfg, fds, parent_alive)
+        _become_init(boot, fds, parent_alive)
     return pid
 
 
-def _become_init(cfg: dict, fds: list[int], parent_alive: int) -> None:
-    """The clone()d child: put the run's fds in place, then be PID 1. Never returns."""
+def _become_init(boot: dict, fds: list[int], parent_alive: int) -> None:
+    """The clone()d child. Phase 1 (may run long before the run, as a spare): fds in place,
+    tie our life to the fork server's, map the user, join the cgroup. Phase 2: receive the
+    run's config and stdio, then be its PID 1. Never returns."""
     status = Status(4)
     try:
-        # Out of the way first (a target number may be one of the sources), then into place.
+        # Out of the way first (a target number may be one of the sources), then into place:
+        # 3 control socket, 4 status, 5 parent-alive pipe.
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (*fds, parent_alive)]
-        for target, fd in zip((0, 1, 2, 4, 5), high):
+        for target, fd in zip((3, 4, 5), high):
             os.dup2(fd, target)
         os.closerange(6, 1 << 16)                 # everything else of the fork server's
-        status.mark = _marker(status, cfg.get("profile"))
         # Die with the fork server (which dies with the runner); EOF on fd 5 means it died
         # before this line. getppid() is no help: it reads 0 in a new PID namespace.
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -111,9 +118,30 @@ def _become_init(cfg: dict, fds: list[int], parent_alive: int) -> None:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        status.mark("PID 1 cloned")
-        if cfg["rootless"] and not cfg["unconfined"]:
-            _map_root_to_caller(cfg["uid"], cfg["gid"])
+        linux.set_name("nsmagic-spare")
+        if boot["rootless"] and not boot["unconfined"]:
+            _map_root_to_caller(boot["uid"], boot["gid"])
+        # Joining a v1 group waits for an RCU grace period (~10 ms here): a spare pays it
+        # before its run is even asked for.
+        for path in boot["cgroup_procs"]:
+            try:
+                with open(path, "w") as f:
+                    f.write("0")
+            except OSError as err:
+                raise SetupError(f"can't join the cgroup {os.path.dirname(path)}: "
+                                 f"{err.strerror.lower()}") from err
+        # --- phase 2: the run
+        control = socket.socket(fileno=3)
+        data, stdio, _, _ = socket.recv_fds(control, 1 << 20, 3)
+        if not data:
+            os._exit(0)                           # a spare the runner no longer needs
+        control.close()
+        cfg = json.loads(data)
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+            os.close(fd)
+        status.mark = _marker(status, cfg.get("profile"))
+        status.mark("run config received")
         _init(cfg, status)
     except SetupError as err:
         status.send(error=str(err), code=EXIT_SETUP)
@@ -141,17 +169,9 @@ def _init(cfg: dict, status: Status) -> None:
     """PID 1: set the container up, run the workload, forward signals, reap, exit with it."""
     linux.set_name("nsmagic-init")
     linux.prctl(linux.PR_SET_DUMPABLE, 0)   # no /proc/1/exe for the workload (CVE-2019-5736)
-    # --- cgroup: join, then a cgroup namespace so the group looks like the root inside
-    for path in cfg["cgroup_procs"]:
-        try:
-            with open(path, "w") as f:
-                f.write("0")
-        except OSError as err:
-            raise SetupError(f"can't join the cgroup {os.path.dirname(path)}: "
-                             f"{err.strerror.lower()}") from err
+    # --- cgroup (joined in phase 1): a cgroup namespace makes it look like the root inside
     if cfg["unconfined"]:
         return _run_workload(cfg, status)
-    status.mark("cgroup joined")
     if cfg["cgroup_procs"]:
         mounts.step("create", "a cgroup namespace", linux.unshare, linux.CLONE_NEWCGROUP)
     # --- root file system. Sources are opened in this mount namespace (overlay refuses a

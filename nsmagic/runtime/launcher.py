@@ -5,6 +5,7 @@ The notebook kernel is never forked (it is large and multi-threaded): a small fo
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -157,6 +158,161 @@ class Init:
                     pass
 
 
+WARM_SPARES = True   # keep one PID 1 ready per kind of run (see Spares)
+
+
+@dataclass(frozen=True)
+class SpareKind:
+    """What must be known when PID 1 is cloned: runs of one kind can share spares."""
+    rootless: bool
+    network: str
+    cpu_quota: bool          # cgroup v1 joins the cpu hierarchy only for runs with --cpus
+    unconfined: bool
+
+
+@dataclass
+class Spare:
+    """A PID 1 cloned into its namespaces and joined to its (not yet limited) cgroup, waiting
+    on its control socket for a run. Made ahead of time, it takes the cost of joining a cgroup
+    (an RCU grace period per v1 hierarchy, ~10 ms here) off the next run's start."""
+    kind: SpareKind
+    id: str
+    cgroup: cgroups.Cgroup | None
+    cgroup_error: CgroupError | None
+    pid: int
+    pidfd: int
+    control: socket.socket
+    status_r: int
+    was_spare: bool = False
+    owner: int = field(default_factory=os.getpid)
+
+    def alive(self) -> bool:
+        return not select.select([self.pidfd], [], [], 0)[0]
+
+    def drop(self) -> None:
+        """Unused: PID 1 sees its control socket close and exits; then its group goes."""
+        self.control.close()
+        if not select.select([self.pidfd], [], [], 1.0)[0]:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            select.select([self.pidfd], [], [], 2.0)
+        if Zygote.fork_in_process:   # our own child: reap it
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+        os.close(self.pidfd)
+        os.close(self.status_r)
+        if self.cgroup:
+            try:
+                self.cgroup.destroy()
+            except CgroupError:
+                pass
+
+
+def make_spare(kind: SpareKind, layout: cgroups.Layout) -> Spare:
+    run_id = os.urandom(6).hex()
+    cgroup, error = None, None
+    try:
+        cgroup = cgroups.open_cgroup(run_id, cgroups.Limits(cpus=1.0 if kind.cpu_quota else None),
+                                     layout)
+        cgroup.make()
+    except CgroupError as err:
+        if cgroup:
+            cgroup.destroy()
+        cgroup, error = None, err
+    boot = {"uid": os.geteuid(), "gid": os.getegid(), "rootless": kind.rootless,
+            "network": kind.network, "unconfined": kind.unconfined,
+            "cgroup_procs": cgroup.procs_files() if cgroup else [],
+            "cgroup_dir": cgroup.directories()[0] if cgroup and cgroup.version == "v2" else None}
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid, pidfd = Zygote.spawn(boot, [theirs.fileno(), status_w])
+    except BaseException:
+        ours.close()
+        os.close(status_r)
+        if cgroup:
+            cgroup.destroy()
+        raise
+    finally:
+        theirs.close()
+        os.close(status_w)
+    return Spare(kind, run_id, cgroup, error, pid, pidfd, ours, status_r)
+
+
+class Spares:
+    """At most one spare per kind of run, made in the background while a run goes on.
+    Dropped at exit; a runner killed outright takes its spares along (PDEATHSIG), and the
+    next start sweeps their groups."""
+
+    _ready: dict[SpareKind, Spare] = {}
+    _making: dict[SpareKind, threading.Thread] = {}
+    _lock = threading.Lock()
+    _closed = False
+
+    @classmethod
+    def take(cls, kind: SpareKind) -> Spare | None:
+        with cls._lock:
+            spare = cls._ready.pop(kind, None)
+        if spare is not None and (spare.owner != os.getpid() or not spare.alive()):
+            if spare.owner == os.getpid():
+                spare.drop()
+            return None
+        if spare is not None:
+            spare.was_spare = True
+        return spare
+
+    @classmethod
+    def refill(cls, kind: SpareKind, layout: cgroups.Layout) -> None:
+        with cls._lock:
+            if cls._closed or kind in cls._ready or kind in cls._making:
+                return
+            worker = threading.Thread(target=cls._make, args=(kind, layout), daemon=True,
+                                      name="nsmagic-spare")
+            cls._making[kind] = worker
+        worker.start()
+
+    @classmethod
+    def _make(cls, kind: SpareKind, layout: cgroups.Layout) -> None:
+        try:
+            spare = make_spare(kind, layout)
+        except (NsmagicError, OSError):
+            spare = None
+        with cls._lock:
+            cls._making.pop(kind, None)
+            keep = spare is not None and not cls._closed and kind not in cls._ready
+            if keep:
+                cls._ready[kind] = spare
+        if spare is not None and not keep:
+            spare.drop()
+
+    @classmethod
+    def settle(cls) -> set[str]:
+        """Wait for spares being made; return the group names of the ready ones."""
+        with cls._lock:
+            making = list(cls._making.values())
+        for worker in making:
+            worker.join(5)
+        with cls._lock:
+            return {s.cgroup.name for s in cls._ready.values() if s.cgroup}
+
+    @classmethod
+    def drop_all(cls) -> None:
+        with cls._lock:
+            cls._closed = True
+            making = list(cls._making.values())
+        for worker in making:
+            worker.join(5)
+        with cls._lock:
+            spares = [s for s in cls._ready.values() if s.owner == os.getpid()]
+            cls._ready.clear()
+        for spare in spares:
+            spare.drop()
+
+
+atexit.register(Spares.drop_all)
+
+
 @dataclass
 class Result:
     """What a run did, in the fields `docker inspect`/`docker stats` would show."""
@@ -256,6 +412,7 @@ class Run:
         self._out, self._err = out, err
         self.warning: str | None = None
         self.marks: list[tuple[str, float]] = []
+        self._refill = None
 
     def mark(self, step: str) -> None:
         """--profile: the end of a step, on CLOCK_MONOTONIC (child processes use it too)."""
@@ -270,28 +427,49 @@ class Run:
         spec = self.spec
         limits = cgroups.Limits(spec.memory, spec.cpus, spec.pids)
         layout = cgroups.detect()
+        if spec.user and self.rootless and spec.user[0] != 0:
+            raise SetupError("--user needs root: without it only root (uid 0) is mapped "
+                             "into the container; drop --user or run as root.")
+        kind = SpareKind(self.rootless, spec.network, spec.cpus is not None, spec.unconfined)
+        spare = Spares.take(kind) or make_spare(kind, layout)
+        self.mark("spare taken" if spare.was_spare else "PID 1 cloned (runner)")
+        self.id, self.cgroup = spare.id, spare.cgroup
+        self.name = spec.name or f"nsmagic-{self.id}"
+        self.hostname = spec.hostname or self.id
         try:
-            self.cgroup = cgroups.open_cgroup(self.id, limits, layout)
-            self.cgroup.create()
-        except CgroupError as err:
-            if self.cgroup:
-                self.cgroup.destroy()
+            error = spare.cgroup_error
+            if self.cgroup and limits.any:
+                self.cgroup.limits = limits
+                self.cgroup.apply()
+            if error and limits.any:
+                if spec.strict or not self.rootless:
+                    raise error
+                self.limits_enforced = False
+                self.warning = f"limits NOT enforced: {error} (--strict makes this an error)"
+            if spec.unconfined:
+                self.warning = ((self.warning + "; ") if self.warning else "") + (
+                    "running UNCONFINED: no namespaces and no overlay, so writes reach the host")
+            ours = self._send_run(spare, layout)
+        except BaseException:
+            spare.drop()
             self.cgroup = None
-            if limits.any and (spec.strict or not self.rootless):
-                raise
-            self.limits_enforced = not limits.any
-            if limits.any:
-                self.warning = (f"limits NOT enforced: {err} (--strict makes this an error)")
+            raise
+        self.process = Init(spare.pid, spare.pidfd, **ours)
+        self.pid1, self.status_fd = spare.pid, spare.status_r
+        self.mark("run handed to PID 1")
+        if WARM_SPARES and not spec.unconfined and not Zygote.fork_in_process:
+            self._refill = (kind, layout)
+        return self
+
+    def _send_run(self, spare: Spare, layout) -> dict:
+        """The run's config and stdio to the waiting PID 1; returns our ends of the pipes."""
+        spec = self.spec
         config = {
-            "uid": os.geteuid(),
-            "gid": os.getegid(),
-            "rootless": self.rootless,
-            "network": spec.network,
             "hostname": self.hostname,
+            "network": spec.network,
+            "rootless": self.rootless,
             "plan": plan_root(spec),
             "cgroup_procs": self.cgroup.procs_files() if self.cgroup else [],
-            "cgroup_dir": (self.cgroup.directories()[0]
-                           if self.cgroup and self.cgroup.version == "v2" else None),
             "cgroup_mounts": _cgroup_mounts(layout) if self.cgroup else [],
             "argv": self._argv(),
             "env": self._env(),
@@ -300,17 +478,8 @@ class Run:
             "python_cell": spec.is_python_cell,
             "custom_root": spec.rootfs is not None,
             "unconfined": spec.unconfined,
+            "profile": spec.profile,
         }
-        if spec.unconfined:
-            self.warning = ((self.warning + "; ") if self.warning else "") + (
-                "running UNCONFINED: no namespaces and no overlay, so writes reach the host")
-        if spec.user and self.rootless and spec.user[0] != 0:
-            self.close()
-            raise SetupError("--user needs root: without it only root (uid 0) is mapped "
-                             "into the container; drop --user or run as root.")
-        if spec.profile:
-            config["profile"] = True
-            self.mark("cgroup created, config ready")
         ours, theirs = {}, []
         try:
             for name, wanted, mode in (("stdin", spec.script is not None, "wb"),
@@ -323,23 +492,17 @@ class Run:
                 mine, child_end = (w, r) if mode == "wb" else (r, w)
                 ours[name] = os.fdopen(mine, mode, buffering=0)
                 theirs.append(child_end)
-            status_r, status_w = os.pipe2(os.O_CLOEXEC)
-            theirs.append(status_w)
             self.started = time.monotonic()
-            pid, pidfd = Zygote.spawn(config, theirs)
+            socket.send_fds(spare.control, [json.dumps(config).encode()], theirs)
         except BaseException:
             for f in ours.values():
                 f.close()
-            self.close()
             raise
         finally:
             for fd in theirs:
                 os.close(fd)
-        self.process = Init(pid, pidfd, **ours)
-        self.pid1 = pid
-        self.mark("PID 1 cloned (runner)")
-        self.status_fd = status_r
-        return self
+            spare.control.close()
+        return ours
 
     def _argv(self) -> list[str]:
         if self.spec.command:
@@ -451,6 +614,9 @@ class Run:
         if self.cgroup:
             self.cgroup.destroy()
             self.cgroup = None
+        if self._refill:   # the next run's PID 1, joined to its group while nothing runs
+            Spares.refill(*self._refill)
+            self._refill = None
 
 
 def _cgroup_mounts(layout: cgroups.Layout) -> list[dict]:

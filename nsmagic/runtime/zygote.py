@@ -2,10 +2,10 @@
 PID 1 straight into its namespaces. That costs ~1 ms where a fresh interpreter costs ~20 ms,
 and its pages are shared by every PID 1 (copy-on-write), so an idle container adds little.
 
-Protocol (a SOCK_SEQPACKET socket pair): the runner sends the run's config as JSON with four
-fds (stdin, stdout, stderr, status); the zygote answers {"pid": pid} with a pidfd, or
-{"error": sentence}. The runner closing its end ends the zygote; so does the runner's death
-(PDEATHSIG). Stdlib only."""
+Protocol (a SOCK_SEQPACKET socket pair): the runner sends a PID 1's boot settings as JSON with
+two fds (a control socket, where PID 1 later gets its run, and the status pipe); the zygote
+answers {"pid": pid} with a pidfd, or {"error": sentence}. The runner closing its end ends the
+zygote; so does the runner's death (PDEATHSIG). Stdlib only."""
 
 from __future__ import annotations
 
