@@ -949,15 +949,18 @@ def leftovers(
     """What this test's containers left: cgroups named after this process or after a
     container's cgroup (other nsmagic users on the machine are not counted), processes
     that were ours, nsmagic mounts."""
+    spares = ready_spares()   # the next run's PID 1, kept ready by design: not a leftover
     table = proc_table()
     started = {p for p in table if p not in before_pids}
     mine = descendants(me, table)
-    procs = sorted(p for p in started if p in mine or p in tracked)
+    procs = sorted(p for p in started if (p in mine or p in tracked)
+                   and table[p][1] != "nsmagic-spare")
     return {
         "cgroups": sorted(
             c
             for c in nsmagic_cgroups() - before_cg
-            if os.path.basename(c).startswith(f"nsmagic-{me}-") or os.path.basename(c) in names
+            if (os.path.basename(c).startswith(f"nsmagic-{me}-") or os.path.basename(c) in names)
+            and os.path.basename(c) not in spares
         ),
         "procs": [f"{p} {table[p][1]}" for p in procs],
         "mounts": sorted({mp for mp, _ in mountpoints() if "nsmagic" in mp} - before_mounts),
@@ -1188,8 +1191,24 @@ def main() -> int:
     return 0
 
 
+def ready_spares() -> set:
+    """Group names of this process's ready spares (nsmagic keeps one PID 1 ready per kind
+    of run, joined to its cgroup, and drops it at exit)."""
+    try:
+        from nsmagic.runtime.launcher import Spares
+    except ImportError:
+        return set()
+    return Spares.settle()
+
+
 def final_nsmagic_sweep() -> None:
-    """Report (and remove, if empty) cgroups nsmagic left under this process's name."""
+    """Report (and remove, if empty) cgroups nsmagic left under this process's name, after
+    nsmagic's own exit handler has dropped its spares."""
+    try:
+        from nsmagic.runtime.launcher import Spares
+        Spares.drop_all()
+    except ImportError:
+        pass
     tag = f"nsmagic-{os.getpid()}-"
     left = [c for c in nsmagic_cgroups() if os.path.basename(c).startswith(tag)]
     if left:

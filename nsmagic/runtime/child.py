@@ -197,23 +197,43 @@ def _init(cfg: dict, status: Status) -> None:
 
 
 def _run_workload(cfg: dict, status: Status) -> None:
-    """Fork the workload, forward signals to it, reap every orphan, exit with its status."""
+    """Make PID 1 itself what the workload should start from (cwd, capabilities, ids,
+    no_new_privs: PID 1 needs none of its privileges any more), posix_spawn the workload (a
+    vfork, not a copy of this Python process), forward signals to it, reap every orphan, and
+    exit with the workload's status."""
+    argv, env = cfg["argv"], dict(cfg["env"])
+    try:
+        workdir = cfg["workdir"]
+        os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
+        if not os.getcwd().startswith("/"):   # a cwd outside the root (CVE-2024-21626)
+            raise SetupError(f"the working directory {workdir} is outside the container.")
+        linux.limit_capabilities(KEEP_CAPS)   # needs CAP_SETPCAP: before any setuid
+        if cfg["user"]:
+            os.setgroups([])
+            os.setgid(cfg["user"][1])
+            os.setuid(cfg["user"][0])
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    except OSError as err:
+        raise SetupError(f"can't prepare the workload: {err}") from err
+    try:
+        path = _find(argv[0], env)
+    except OSError as err:
+        _exec_failed(cfg, argv, err, status)
     forward_to = []
     for sig in FORWARDED:
         signal.signal(sig, lambda s, _f: [_kill_group(p, s) for p in forward_to])
-    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        os.close(exec_r)
-        _workload(cfg, exec_w)
-    os.close(exec_w)
+    # Only 0, 1 and 2 reach the workload.
+    extra = [int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2]
+    try:
+        pid = os.posix_spawn(path, argv, env, setsid=True, setsigmask=(),
+                             setsigdef=FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ),
+                             file_actions=[(os.POSIX_SPAWN_CLOSE, fd) for fd in extra
+                                           if _is_open(fd)])
+    except OSError as err:
+        _exec_failed(cfg, argv, err, status)
     forward_to.append(pid)
-    failure = os.read(exec_r, 4096)
-    os.close(exec_r)
-    status.mark("workload exec'd")
-    if failure:
-        message, code = json.loads(failure)
-        status.send(error=message, code=code)
+    status.mark("workload spawned")
     while True:   # reap every child that gets re-parented to us; leave with the workload
         try:
             reaped, wait_status = os.wait()
@@ -226,73 +246,49 @@ def _run_workload(cfg: dict, status: Status) -> None:
             os._exit(code)
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _find(name: str, env: dict) -> str:
+    """The PATH search of execvp, with the container's PATH. Not os.execvpe's: that one
+    imports `warnings` lazily, and after pivot_root into a root without Python's stdlib
+    (busybox) no import can succeed."""
+    if "/" in name:
+        return name
+    denied = None
+    for directory in env.get("PATH", "/usr/bin:/bin").split(":"):
+        candidate = f"{directory or '.'}/{name}"
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return candidate
+            denied = denied or candidate
+    if denied:
+        raise PermissionError(errno.EACCES, "permission denied", denied)
+    raise FileNotFoundError(errno.ENOENT, "not found", name)
+
+
+def _exec_failed(cfg: dict, argv: list[str], err: OSError, status: Status) -> None:
+    if err.errno == errno.ENOENT:
+        message = (f"{argv[0]}: not found in the container"
+                   + ("; with --rootfs, give a command the root has (such as sh)"
+                      if cfg["python_cell"] and cfg["custom_root"] else
+                      "; check the name and PATH"))
+        code = EXIT_NOT_FOUND
+    else:
+        message = f"{argv[0]}: cannot be executed in the container: {err.strerror.lower()}"
+        code = EXIT_NOT_EXECUTABLE
+    status.send(error=message, code=code)
+    os._exit(code)
+
+
 def _kill_group(pid: int, sig: int) -> None:
     for target in (-pid, pid):   # its process group first (a shell pipeline), then itself
         try:
             os.kill(target, sig)
         except OSError:
             pass
-
-
-def _exec(argv: list[str], env: dict) -> None:
-    """execvpe without os.execvpe: that one imports `warnings` lazily, and after pivot_root
-    into a root without Python's stdlib (busybox) no import can succeed."""
-    if "/" in argv[0]:
-        os.execve(argv[0], argv, env)
-    denied = None
-    for directory in env.get("PATH", "/usr/bin:/bin").split(":"):
-        try:
-            os.execve(f"{directory or '.'}/{argv[0]}", argv, env)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as err:
-            denied = denied or err   # found but not executable: report that, as sh does
-    raise denied or FileNotFoundError(2, "not found", argv[0])
-
-
-def _workload(cfg: dict, exec_w: int) -> None:
-    # The exec-error pipe goes to fd 3 (close-on-exec) first, so every failure below can be
-    # reported; only 0, 1, 2 and it survive to the exec.
-    if exec_w != 3:
-        os.dup2(exec_w, 3)
-        os.close(exec_w)
-    os.set_inheritable(3, False)
-    try:
-        os.closerange(4, 1 << 16)
-        os.setsid()
-        for sig in FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)   # Python ignores SIGPIPE; programs expect it
-        workdir = cfg["workdir"]
-        os.makedirs(workdir, exist_ok=True)
-        os.chdir(workdir)
-        if not os.getcwd().startswith("/"):   # a cwd outside the root (CVE-2024-21626)
-            raise SetupError(f"the working directory {workdir} is outside the container.")
-        user = cfg["user"]
-        if user:
-            os.setgroups([])
-            os.setgid(user[1])
-            os.setuid(user[0])
-        linux.limit_capabilities(KEEP_CAPS)
-        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-        argv, env = cfg["argv"], dict(cfg["env"])
-    except BaseException as err:  # noqa: BLE001 - reported as the run's error
-        os.write(3, json.dumps([f"can't prepare the workload: {err}", EXIT_SETUP]).encode())
-        os._exit(EXIT_SETUP)
-    try:
-        _exec(argv, env)
-    except OSError as err:
-        if err.errno == 2:
-            message = (f"{argv[0]}: not found in the container"
-                       + ("; with --rootfs, give a command the root has (such as sh)"
-                          if cfg["python_cell"] and cfg["custom_root"] else
-                          "; check the name and PATH"))
-            code = EXIT_NOT_FOUND
-        else:
-            message = f"{argv[0]}: cannot be executed in the container: {err.strerror.lower()}"
-            code = EXIT_NOT_EXECUTABLE
-        os.write(3, json.dumps([message, code]).encode())
-        os._exit(code)
-    except BaseException as err:  # noqa: BLE001 - never let it unwind into PID 1's code
-        os.write(3, json.dumps([f"can't start {argv[0]}: {err!r}", EXIT_SETUP]).encode())
-        os._exit(EXIT_SETUP)
-

@@ -470,7 +470,7 @@ class Run:
             "rootless": self.rootless,
             "plan": plan_root(spec),
             "cgroup_procs": self.cgroup.procs_files() if self.cgroup else [],
-            "cgroup_mounts": _cgroup_mounts(layout) if self.cgroup else [],
+            "cgroup_mounts": _cgroup_mounts(layout, self.cgroup) if self.cgroup else [],
             "argv": self._argv(),
             "env": self._env(),
             "workdir": spec.workdir,
@@ -619,13 +619,15 @@ class Run:
             self._refill = None
 
 
-def _cgroup_mounts(layout: cgroups.Layout) -> list[dict]:
-    """What to mount at /sys/fs/cgroup inside: the same hierarchies, seen from the run's group."""
+def _cgroup_mounts(layout: cgroups.Layout, cgroup: cgroups.Cgroup) -> list[dict]:
+    """What to mount at /sys/fs/cgroup inside: the hierarchies the run is in, each seen from
+    the run's own group (its cgroup namespace). Others would show the host's whole tree."""
     if layout.kind == "v2":
         return [{"type": "cgroup2", "name": "", "options": ""}]
+    joined = {layout.v1_mounts[c] for c in getattr(cgroup, "dirs", {}) if c in layout.v1_mounts}
     by_mount: dict[str, list[str]] = {}
     for controller, point in layout.v1_mounts.items():
-        if not controller.startswith("name="):
+        if not controller.startswith("name=") and point in joined:
             by_mount.setdefault(point, []).append(controller)
     return [{"type": "cgroup", "name": os.path.basename(p), "options": ",".join(c)}
             for p, c in sorted(by_mount.items())]

@@ -131,10 +131,17 @@ class _CapData(ctypes.Structure):
 _CAP_V3 = 0x20080522
 
 
+def cap_last_cap(cache=[]) -> int:  # noqa: B006 - read once per fork server, on purpose
+    if not cache:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            cache.append(int(f.read()))
+    return cache[0]
+
+
 def limit_capabilities(keep: set[int]) -> None:
     """Drop every capability not in `keep` from the bounding, inheritable and ambient sets,
     so that neither exec (even as root) nor a file capability can bring them back."""
-    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    last = cap_last_cap()
     for cap in range(last + 1):
         if cap not in keep:
             try:

@@ -34,6 +34,7 @@ def serve(sock_fd: int, runner: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the runner decides what an interrupt does
     signal.signal(signal.SIGCHLD, _reap)
     sock = socket.socket(fileno=sock_fd)
+    linux.cap_last_cap()                             # read once here, for every PID 1
     alive_r, _alive_w = os.pipe()                    # EOF for every PID 1 when we die
     while True:
         try:
