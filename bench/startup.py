@@ -18,7 +18,9 @@ Contenders (``--only`` names):
                  ``python -m nsmagic run``)
   nsmagic-cell   ``%%container ... pass`` through a real IPython shell in
                  this process (default root filesystem: a Python cell needs
-                 Python)
+                 Python); the same cell again, so its container was made ahead
+  nsmagic-cell-new  the same with only PID 1 made ahead (READY_SPARES off), as
+                 for a first cell or a cell with new options
   crun, runc     OCI bundle, fresh overlay mounted/unmounted per run
                  (inside the timed region)
   crun-wrapper   the cost of the wrapper crun needs on a hybrid cgroup layout
@@ -87,6 +89,7 @@ ALL_CONTENDERS = [
     "nsmagic-warm",
     "nsmagic-cold",
     "nsmagic-cell",
+    "nsmagic-cell-new",
     "crun",
     "crun-wrapper",
     "runc",
@@ -247,6 +250,9 @@ class Contender:
     def once(self, i: int) -> int:
         """One timed run; returns elapsed ns.  Raise on failure."""
         raise NotImplementedError
+
+    def between(self) -> None:
+        """Untimed, after each run: what happens before the next one comes."""
 
     def cleanup(self) -> None:
         pass
@@ -610,6 +616,9 @@ class NsmWarm(Contender):
             raise RuntimeError(f"exit_code={code!r} ({result!r})"[:200])
         return t1 - t0
 
+    def between(self) -> None:
+        settle_spares()
+
 
 class NsmCold(SubprocessContender):
     name = "nsmagic-cold"
@@ -675,13 +684,41 @@ class NsmCell(Contender):
             text = " ".join(said.getvalue().split())[:140] or "no message"
             raise Skip(f"%load_ext nsmagic did not register %%container yet ({text})")
 
+    def line(self, i: int) -> str:
+        return CELL_LINE
+
     def once(self, i: int) -> int:
         sink_o, sink_e = io.StringIO(), io.StringIO()
+        line = self.line(i)
         with contextlib.redirect_stdout(sink_o), contextlib.redirect_stderr(sink_e):
             t0 = time.perf_counter_ns()
-            self.ip.run_cell_magic("container", CELL_LINE, "pass")
+            self.ip.run_cell_magic("container", line, "pass")
             t1 = time.perf_counter_ns()
         return t1 - t0
+
+    def between(self) -> None:
+        settle_spares()
+
+
+class NsmCellNew(NsmCell):
+    name = "nsmagic-cell-new"
+    label = "%%container cell, not made ahead"
+    notes = "as above, only PID 1 made ahead: a first cell, or new options"
+
+    def once(self, i: int) -> int:
+        launcher = importlib.import_module("nsmagic.runtime.launcher")
+        launcher.READY_SPARES = False
+        try:
+            return super().once(i)
+        finally:
+            launcher.READY_SPARES = True
+
+
+def settle_spares() -> None:
+    """What a notebook has between two cells: time for nsmagic to make the next run's
+    spare (a PID 1 joined to its cgroup; for a Python cell, its whole container). Without
+    this pause that background work would be timed in whichever contender runs next."""
+    importlib.import_module("nsmagic.runtime.launcher").Spares.settle()
 
 
 # --------------------------------------------------------------------------
@@ -1072,6 +1109,8 @@ def main() -> int:
             contenders.append(NsmCold(rootfs, env))
         if "nsmagic-cell" in wanted:
             contenders.append(NsmCell())
+        if "nsmagic-cell-new" in wanted:
+            contenders.append(NsmCellNew())
         crun = runc = None
         if "crun" in wanted:
             crun = OCI("crun", ov, scratch, tag, wrap=(layout == "hybrid"))
@@ -1154,6 +1193,7 @@ def main() -> int:
                     continue
                 try:
                     c.ns.append(c.once(r))
+                    c.between()
                 except Exception as e:  # noqa: BLE001
                     c.status = "failed"
                     c.reason = f"run {r} failed: {short_exc(e)}"

@@ -58,7 +58,6 @@ def run(spec: Spec, out=None, err=None,
     finally:
         container.close()
         container.mark("cgroup removed, fds closed")
-    result.profile = container.marks
     return result
 
 
@@ -134,6 +133,7 @@ def _follow(container: Run, out, err, on_sample) -> Result:
         if on_sample:
             on_sample(samples[-1], container)
     result.samples = samples
+    result.profile = container.marks   # the same list: close() adds its step later
     result.timed_out, result.stopped_by = timed_out, stopped_by
     if result.pids_peak is None and samples:
         result.pids_peak = max(s.pids_current for s in samples)

@@ -12,16 +12,16 @@ from .spec import format_size
 
 
 def _is_spare(cg: Cgroup) -> bool:
-    """A PID 1 kept ready for a runner's next run (comm nsmagic-spare) is no container yet."""
-    pids = cg.pids()
-    for pid in pids:
+    """A PID 1 kept ready for a runner's next run (comm nsmagic-spare, with a Python cell's
+    interpreter beside it when it is ready) is no container yet; nor is an empty group."""
+    names = set()
+    for pid in cg.pids():
         try:
             with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() != "nsmagic-spare":
-                    return False
+                names.add(f.read().strip())
         except OSError:
             pass
-    return True
+    return not names or "nsmagic-spare" in names
 
 
 def running() -> list[Cgroup]:

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from .errors import SpecError
 
 NETWORKS = ("none", "host")
+# Spec fields that shape one run's handling, not its container (see Spec.container_part).
+PER_RUN = ("script", "timeout", "raise_error", "strict", "name", "out_var", "err_var", "plot",
+           "interval", "profile")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -79,6 +82,12 @@ class Spec:
 
     def replace(self, **changes) -> Spec:
         return dataclasses.replace(self, **changes)
+
+    def container_part(self) -> Spec:
+        """This spec less what only one run uses (its script, name, timeout, what to show):
+        two runs with equal parts get equal containers."""
+        return dataclasses.replace(self, **{f.name: f.default for f in dataclasses.fields(self)
+                                            if f.name in PER_RUN})
 
     @property
     def is_python_cell(self) -> bool:

@@ -94,19 +94,25 @@ def test_ps_lists_running_containers_of_any_runner():
     assert str(other.pid) not in nsmagic("ps").stdout   # a dead runner's group is no container
 
 
-def test_a_runners_spare_is_no_container_and_goes_when_the_runner_exits():
+@pytest.mark.parametrize("what, spares_made", [
+    ("Spec.from_argv('-- true')", 1),
+    # a Python cell: also its whole container, its interpreter waiting for the next cell
+    ("Spec.from_argv('', script='pass'), out=io.StringIO(), err=io.StringIO()", 2)])
+def test_a_runners_spares_are_no_containers_and_go_when_the_runner_exits(what, spares_made):
     """After a run, a notebook keeps the next run's PID 1 ready (joined to its group): `ps`
     must not list it, and a runner that exits normally takes it along."""
     from conftest import leftovers
-    code = ("import sys, time; from nsmagic.core import run; from nsmagic.spec import Spec; "
+    code = ("import io, sys; from nsmagic.core import run; from nsmagic.spec import Spec; "
             "from nsmagic.runtime.launcher import Spares; "
-            "run(Spec.from_argv('-- true')); print(sorted(Spares.settle()), flush=True); "
+            f"run({what}); print(sorted(Spares.settle()), flush=True); "
             "sys.stdin.readline()")
     runner = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     spares = json.loads(runner.stdout.readline().replace("'", '"'))
-    assert len(spares) == 1 and spares[0].startswith(f"nsmagic-{runner.pid}-")
-    assert any(spares[0] in line for line in leftovers(runner.pid))   # it exists...
-    assert str(runner.pid) not in nsmagic("ps").stdout                # ...but is no container
+    assert len(spares) == spares_made
+    assert all(s.startswith(f"nsmagic-{runner.pid}-") for s in spares), spares
+    there = leftovers(runner.pid)
+    assert all(any(s in line for line in there) for s in spares)   # they exist...
+    assert str(runner.pid) not in nsmagic("ps").stdout             # ...but are no containers
     runner.communicate("\n", timeout=30)
     assert leftovers(runner.pid) == []

@@ -1,11 +1,12 @@
-"""Child side of a run. Two processes, each in its own role:
+"""Child side of a run: its PID 1, clone()d straight into its namespaces by the fork server
+(zygote.py; never a fork of the notebook kernel).
 
-init     PID 1 of the new PID namespace, clone()d straight into its namespaces by the fork
-         server (zygote.py; never a fork of the notebook kernel). Phase 1, possibly ahead of
-         its run (a spare): joins the cgroup and waits. Phase 2: receives the run, builds the
-         root, pivots, forks the workload, forwards signals to it, reaps zombies and reports
-         the workload's exit. When it exits, the kernel kills all else in the namespace.
-workload the cell (or command): drops capabilities, closes fds, execs.
+Phase 1, possibly long before its run (a spare): join the cgroup, wait on the control socket.
+Phase 2: receive the run; build the root, pivot into it; drop PID 1's own privileges to the
+workload's; posix_spawn the workload (only fds 0-2); forward signals to it; reap every zombie;
+report the workload's exit and exit with it. The kernel then kills all else in the namespace.
+A ready spare (for a Python cell) gets its run with its boot settings and does phase 2 at once,
+up to an interpreter that waits for the cell on its stdin; then PID 1 waits for "go".
 
 Messages go to the parent as JSON lines on the status fd. Only the stdlib is imported here.
 """
@@ -65,8 +66,9 @@ def start(boot: dict, fds: list[int], parent_alive: int) -> int:
     """In the fork server (or a small runner): clone a PID 1 into new namespaces and its
     cgroup, and return its pid. PID 1 then waits for its run (see _become_init).
 
-    `boot` says what must be known at clone time: namespaces, user, cgroup. `fds` are the
-    control socket (the run's config and stdio arrive there) and the status pipe;
+    `boot` says what must be known at clone time: namespaces, user, cgroup (and for a ready
+    spare the whole run). `fds` are the control socket (the run's config and stdio arrive
+    there) and the status pipe, then a ready spare's stdin, stdout and stderr;
     `parent_alive` is the read end of a pipe whose writer is the caller, so PID 1 can tell
     whether we died early."""
     cgroup_fd = None
@@ -104,9 +106,11 @@ def _become_init(boot: dict, fds: list[int], parent_alive: int) -> None:
     status = Status(4)
     try:
         # Out of the way first (a target number may be one of the sources), then into place:
-        # 3 control socket, 4 status, 5 parent-alive pipe.
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (*fds, parent_alive)]
-        for target, fd in zip((3, 4, 5), high):
+        # 3 control socket, 4 status, 5 parent-alive pipe (0, 1, 2 a ready spare's stdio).
+        control_fd, status_fd, *stdio = fds
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
+                for fd in (control_fd, status_fd, parent_alive, *stdio)]
+        for target, fd in zip((3, 4, 5, 0, 1, 2), high):
             os.dup2(fd, target)
         os.closerange(6, 1 << 16)                 # everything else of the fork server's
         # Die with the fork server (which dies with the runner); EOF on fd 5 means it died
@@ -132,6 +136,10 @@ def _become_init(boot: dict, fds: list[int], parent_alive: int) -> None:
                                  f"{err.strerror.lower()}") from err
         # --- phase 2: the run
         control = socket.socket(fileno=3)
+        if boot.get("run"):
+            status.mark = _marker(status, True)   # the runner keeps them if it wants them
+            status.mark("PID 1 cloned, cgroup joined")
+            _init(boot["run"], status, go=control)
         data, stdio, _, _ = socket.recv_fds(control, 1 << 20, 3)
         if not data:
             os._exit(0)                           # a spare the runner no longer needs
@@ -165,13 +173,15 @@ def _map_root_to_caller(uid: int, gid: int) -> None:
             f.write(text)
 
 
-def _init(cfg: dict, status: Status) -> None:
-    """PID 1: set the container up, run the workload, forward signals, reap, exit with it."""
-    linux.set_name("nsmagic-init")
+def _init(cfg: dict, status: Status, go: socket.socket | None = None) -> None:
+    """PID 1: set the container up, run the workload, forward signals, reap, exit with it.
+    With `go` (a ready spare), wait there for the run once the workload is started."""
+    if go is None:
+        linux.set_name("nsmagic-init")
     linux.prctl(linux.PR_SET_DUMPABLE, 0)   # no /proc/1/exe for the workload (CVE-2019-5736)
     # --- cgroup (joined in phase 1): a cgroup namespace makes it look like the root inside
     if cfg["unconfined"]:
-        return _run_workload(cfg, status)
+        return _run_workload(cfg, status, go)
     if cfg["cgroup_procs"]:
         mounts.step("create", "a cgroup namespace", linux.unshare, linux.CLONE_NEWCGROUP)
     # --- root file system. Sources are opened in this mount namespace (overlay refuses a
@@ -193,10 +203,10 @@ def _init(cfg: dict, status: Status) -> None:
     if cfg["network"] == "none":
         mounts.step("bring up", "lo", linux.loopback_up)
     status.mark("hostname and lo set")
-    _run_workload(cfg, status)
+    _run_workload(cfg, status, go)
 
 
-def _run_workload(cfg: dict, status: Status) -> None:
+def _run_workload(cfg: dict, status: Status, go: socket.socket | None = None) -> None:
     """Make PID 1 itself what the workload should start from (cwd, capabilities, ids,
     no_new_privs: PID 1 needs none of its privileges any more), posix_spawn the workload (a
     vfork, not a copy of this Python process), forward signals to it, reap every orphan, and
@@ -234,6 +244,15 @@ def _run_workload(cfg: dict, status: Status) -> None:
         _exec_failed(cfg, argv, err, status)
     forward_to.append(pid)
     status.mark("workload spawned")
+    if go is not None:   # a ready spare; dropped unused, it takes its interpreter along
+        _await_reading_stdin(pid)
+        status.mark("interpreter waits for the cell")
+        status.send(ready=True)
+        if not go.recv(16):
+            os._exit(0)
+        go.close()
+        linux.set_name("nsmagic-init")
+        status.mark("run taken by PID 1")
     while True:   # reap every child that gets re-parented to us; leave with the workload
         try:
             reaped, wait_status = os.wait()
@@ -244,6 +263,23 @@ def _run_workload(cfg: dict, status: Status) -> None:
             code = _exit_code(wait_status)
             status.send(exit=code)
             os._exit(code)
+
+
+def _await_reading_stdin(pid: int, limit: float = 5.0) -> None:
+    """Until the interpreter has started and blocks reading its script from the stdin pipe
+    (the kernel's wait channel says so), it ends, or `limit` passes."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    return
+            with open(f"/proc/{pid}/wchan") as f:
+                if f.read().endswith("pipe_read"):     # pipe_read, anon_pipe_read (6.x)
+                    return
+        except OSError:
+            return
+        time.sleep(0.001)
 
 
 def _is_open(fd: int) -> bool:

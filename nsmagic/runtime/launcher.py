@@ -6,6 +6,7 @@ The notebook kernel is never forked (it is large and multi-threaded): a small fo
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import select
@@ -159,6 +160,7 @@ class Init:
 
 
 WARM_SPARES = True   # keep one PID 1 ready per kind of run (see Spares)
+READY_SPARES = True  # and for the latest Python cell, its whole container (see ready_spec)
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,31 @@ class SpareKind:
     network: str
     cpu_quota: bool          # cgroup v1 joins the cpu hierarchy only for runs with --cpus
     unconfined: bool
+    # A Python cell's whole container (see ready_spec): with it the spare also builds the
+    # root and starts the interpreter, which then waits for the cell on its stdin.
+    ready: Spec | None = None
+
+
+def ready_spec(spec: Spec) -> Spec | None:
+    """The container part of a Python cell whose container can be made whole before the
+    cell is run: the next cell like it then only writes its code to a waiting interpreter.
+    Not with --rootfs or -v: their sources may change between cells (a layer rebuilt, a
+    directory recreated), and a container made earlier would show the old ones."""
+    if spec.command or spec.script is None or spec.rootfs or spec.volumes or spec.unconfined:
+        return None
+    return spec.container_part()
+
+
+def _python_fingerprint() -> tuple:
+    """When each directory Python imports from last changed: an interpreter started before
+    a `pip install` would not have seen its .pth files."""
+    stamps = []
+    for path in sys.path:
+        try:
+            stamps.append(os.stat(path or ".").st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
 
 
 @dataclass
@@ -183,11 +210,17 @@ class Spare:
     pidfd: int
     control: socket.socket
     status_r: int
+    stdio: dict = field(default_factory=dict)   # a ready spare's: our ends of its pipes
+    fingerprint: tuple = ()
+    status_read: bytes = b""                     # what a ready spare said while it got ready
     was_spare: bool = False
     owner: int = field(default_factory=os.getpid)
 
     def alive(self) -> bool:
         return not select.select([self.pidfd], [], [], 0)[0]
+
+    def fresh(self) -> bool:
+        return not self.kind.ready or self.fingerprint == _python_fingerprint()
 
     def drop(self) -> None:
         """Unused: PID 1 sees its control socket close and exits; then its group goes."""
@@ -202,6 +235,8 @@ class Spare:
                 pass
         os.close(self.pidfd)
         os.close(self.status_r)
+        for f in self.stdio.values():
+            f.close()
         if self.cgroup:
             try:
                 self.cgroup.destroy()
@@ -210,15 +245,23 @@ class Spare:
 
 
 def make_spare(kind: SpareKind, layout: cgroups.Layout) -> Spare:
+    """Clone a PID 1 for a run of this kind, joined to its cgroup; for a ready kind, also
+    with its limits, root, host name and interpreter, all before the run is asked for."""
     run_id = os.urandom(6).hex()
+    ready = kind.ready
+    limits = (cgroups.Limits(ready.memory, ready.cpus, ready.pids) if ready else
+              cgroups.Limits(cpus=1.0 if kind.cpu_quota else None))
     cgroup, error = None, None
     try:
-        cgroup = cgroups.open_cgroup(run_id, cgroups.Limits(cpus=1.0 if kind.cpu_quota else None),
-                                     layout)
+        cgroup = cgroups.open_cgroup(run_id, limits, layout)
         cgroup.make()
+        if ready:   # limits first: the interpreter starts under them, as in any other run
+            cgroup.apply()
     except CgroupError as err:
         if cgroup:
             cgroup.destroy()
+        if ready:     # made only where the run would have all it asks for
+            raise
         cgroup, error = None, err
     boot = {"uid": os.geteuid(), "gid": os.getegid(), "rootless": kind.rootless,
             "network": kind.network, "unconfined": kind.unconfined,
@@ -226,24 +269,103 @@ def make_spare(kind: SpareKind, layout: cgroups.Layout) -> Spare:
             "cgroup_dir": cgroup.directories()[0] if cgroup and cgroup.version == "v2" else None}
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    stdio, child_ends = {}, []
+    if ready:
+        boot["run"] = run_config(ready, ready.hostname or run_id, kind.rootless, cgroup, layout)
+        stdio, child_ends = _stdio_pipes(True, True, True)
     try:
-        pid, pidfd = Zygote.spawn(boot, [theirs.fileno(), status_w])
+        pid, pidfd = Zygote.spawn(boot, [theirs.fileno(), status_w, *child_ends])
     except BaseException:
         ours.close()
         os.close(status_r)
+        for f in stdio.values():
+            f.close()
         if cgroup:
             cgroup.destroy()
         raise
     finally:
         theirs.close()
         os.close(status_w)
-    return Spare(kind, run_id, cgroup, error, pid, pidfd, ours, status_r)
+        for fd in child_ends:
+            os.close(fd)
+    spare = Spare(kind, run_id, cgroup, error, pid, pidfd, ours, status_r, stdio,
+                  _python_fingerprint() if ready else ())
+    if ready:
+        try:
+            spare.status_read = _await_ready(status_r, pidfd)
+        except BaseException:
+            spare.drop()
+            raise
+    return spare
+
+
+def _await_ready(status_r: int, pidfd: int, timeout: float = 10.0) -> bytes:
+    """A ready spare's status until it says its interpreter is started (a spare that failed
+    is not kept: the run that would have taken it reports the failure itself)."""
+    said, deadline = b"", time.monotonic() + timeout
+    while b'"ready"' not in said:
+        left = deadline - time.monotonic()
+        readable = select.select([status_r, pidfd], [], [], max(left, 0))[0]
+        if status_r in readable:
+            data = os.read(status_r, 65536)
+            said += data
+            if data and b'"error"' not in said:
+                continue
+        raise SetupError("a container made ahead did not get ready: "
+                         + (said.decode(errors="replace").strip() or "no word from it"))
+    return said
+
+
+def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup | None,
+               layout: cgroups.Layout) -> dict:
+    """What PID 1 needs to build the container and start its workload (JSON)."""
+    env = dict(BASE_ENV, HOSTNAME=hostname, PYTHONUNBUFFERED="1")
+    env.update(dict(spec.env))
+    return {
+        "hostname": hostname,
+        "network": spec.network,
+        "rootless": rootless,
+        "plan": plan_root(spec),
+        "cgroup_procs": cgroup.procs_files() if cgroup else [],
+        "cgroup_mounts": _cgroup_mounts(layout, cgroup) if cgroup else [],
+        "argv": list(spec.command) if spec.command else [sys.executable, "-u", "-"],
+        "env": [[k, v] for k, v in env.items()],
+        "workdir": spec.workdir,
+        "user": list(spec.user) if spec.user else None,
+        "python_cell": spec.is_python_cell,
+        "custom_root": spec.rootfs is not None,
+        "unconfined": spec.unconfined,
+        "profile": spec.profile,
+    }
+
+
+def _stdio_pipes(stdin: bool, stdout: bool, stderr: bool) -> tuple[dict, list[int]]:
+    """Pipes for the streams wanted (/dev/null for the others): our ends as unbuffered
+    files by name, and the child's three fds in order."""
+    ours, theirs = {}, []
+    try:
+        for name, wanted, mode in (("stdin", stdin, "wb"), ("stdout", stdout, "rb"),
+                                   ("stderr", stderr, "rb")):
+            if not wanted:
+                theirs.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+                continue
+            r, w = os.pipe2(os.O_CLOEXEC)
+            mine, child_end = (w, r) if mode == "wb" else (r, w)
+            ours[name] = os.fdopen(mine, mode, buffering=0)
+            theirs.append(child_end)
+    except BaseException:
+        for f in ours.values():
+            f.close()
+        for fd in theirs:
+            os.close(fd)
+        raise
+    return ours, theirs
 
 
 class Spares:
-    """At most one spare per kind of run, made in the background while a run goes on.
-    Dropped at exit; a runner killed outright takes its spares along (PDEATHSIG), and the
-    next start sweeps their groups."""
+    """At most one spare per kind of run, and one ready spare in all, made in the background
+    while a run goes on. Dropped at exit; a runner killed outright takes its spares along
+    (PDEATHSIG), and the next start sweeps their groups."""
 
     _ready: dict[SpareKind, Spare] = {}
     _making: dict[SpareKind, threading.Thread] = {}
@@ -254,7 +376,8 @@ class Spares:
     def take(cls, kind: SpareKind) -> Spare | None:
         with cls._lock:
             spare = cls._ready.pop(kind, None)
-        if spare is not None and (spare.owner != os.getpid() or not spare.alive()):
+        if spare is not None and (spare.owner != os.getpid() or not spare.alive()
+                                  or not spare.fresh()):
             if spare.owner == os.getpid():
                 spare.drop()
             return None
@@ -278,13 +401,18 @@ class Spares:
             spare = make_spare(kind, layout)
         except (NsmagicError, OSError):
             spare = None
+        stale = []
         with cls._lock:
             cls._making.pop(kind, None)
             keep = spare is not None and not cls._closed and kind not in cls._ready
             if keep:
+                if kind.ready:   # one container made ahead at most: for the latest cell
+                    stale = [cls._ready.pop(k) for k in list(cls._ready) if k.ready]
                 cls._ready[kind] = spare
         if spare is not None and not keep:
-            spare.drop()
+            stale.append(spare)
+        for old in stale:
+            old.drop()
 
     @classmethod
     def settle(cls) -> set[str]:
@@ -345,12 +473,12 @@ class Result:
         if not self.profile:
             return "no profile: run with --profile"
         marks = sorted(self.profile, key=lambda m: m[1])
-        t0 = prev = marks[0][1]
+        start = next((t for step, t in marks if step == "start"), marks[0][1])
+        ahead = [m for m in marks if m[1] < start]
         lines = [f"{'step (done)':<32} {'ms':>8} {'total':>8}"]
-        for step, t in marks[1:]:
-            lines.append(f"{step:<32} {(t - prev) * 1e3:8.2f} {(t - t0) * 1e3:8.2f}")
-            prev = t
-        return "\n".join(lines)
+        if len(ahead) > 1:   # a ready spare's steps, done before this run was asked for
+            lines += ["made ahead, while no run waited:", *_steps(ahead), "the run:"]
+        return "\n".join(lines + _steps([m for m in marks if m[1] >= start]))
 
     @property
     def oom_killed(self) -> bool:
@@ -412,7 +540,7 @@ class Run:
         self._out, self._err = out, err
         self.warning: str | None = None
         self.marks: list[tuple[str, float]] = []
-        self._refill = None
+        self._refill: list[tuple[SpareKind, cgroups.Layout]] = []
 
     def mark(self, step: str) -> None:
         """--profile: the end of a step, on CLOCK_MONOTONIC (child processes use it too)."""
@@ -431,11 +559,20 @@ class Run:
             raise SetupError("--user needs root: without it only root (uid 0) is mapped "
                              "into the container; drop --user or run as root.")
         kind = SpareKind(self.rootless, spec.network, spec.cpus is not None, spec.unconfined)
-        spare = Spares.take(kind) or make_spare(kind, layout)
-        self.mark("spare taken" if spare.was_spare else "PID 1 cloned (runner)")
+        ready = (ready_spec(spec) if READY_SPARES and self._out is not None
+                 and self._err is not None else None)
+        ready_kind = dataclasses.replace(kind, ready=ready) if ready else None
+        spare = ((ready_kind and Spares.take(ready_kind)) or Spares.take(kind)
+                 or make_spare(kind, layout))
+        self.mark("ready spare taken" if spare.kind.ready else
+                  "spare taken" if spare.was_spare else "PID 1 cloned (runner)")
         self.id, self.cgroup = spare.id, spare.cgroup
         self.name = spec.name or f"nsmagic-{self.id}"
         self.hostname = spec.hostname or self.id
+        if WARM_SPARES and not spec.unconfined and not Zygote.fork_in_process:
+            self._refill = [(k, layout) for k in (ready_kind, kind) if k]
+        if spare.kind.ready:   # all is set up and the interpreter waits: let it go
+            return self._go(spare)
         try:
             error = spare.cgroup_error
             if self.cgroup and limits.any:
@@ -457,41 +594,32 @@ class Run:
         self.process = Init(spare.pid, spare.pidfd, **ours)
         self.pid1, self.status_fd = spare.pid, spare.status_r
         self.mark("run handed to PID 1")
-        if WARM_SPARES and not spec.unconfined and not Zygote.fork_in_process:
-            self._refill = (kind, layout)
+        return self
+
+    def _go(self, spare: Spare) -> Run:
+        """A ready spare: its PID 1 hears "go" (from then on it is this run's, not a spare);
+        the cell then goes to the interpreter's stdin like any other run's script."""
+        self.started = time.monotonic()
+        try:
+            spare.control.send(b"go")
+        except OSError:
+            spare.drop()
+            raise SetupError("the container made ahead for this cell died before it ran; "
+                             "run the cell again.") from None
+        self.mark("run handed to PID 1")
+        spare.control.close()
+        self.process = Init(spare.pid, spare.pidfd, **spare.stdio)
+        self.pid1, self.status_fd = spare.pid, spare.status_r
+        self._status_buf = spare.status_read
         return self
 
     def _send_run(self, spare: Spare, layout) -> dict:
         """The run's config and stdio to the waiting PID 1; returns our ends of the pipes."""
         spec = self.spec
-        config = {
-            "hostname": self.hostname,
-            "network": spec.network,
-            "rootless": self.rootless,
-            "plan": plan_root(spec),
-            "cgroup_procs": self.cgroup.procs_files() if self.cgroup else [],
-            "cgroup_mounts": _cgroup_mounts(layout, self.cgroup) if self.cgroup else [],
-            "argv": self._argv(),
-            "env": self._env(),
-            "workdir": spec.workdir,
-            "user": list(spec.user) if spec.user else None,
-            "python_cell": spec.is_python_cell,
-            "custom_root": spec.rootfs is not None,
-            "unconfined": spec.unconfined,
-            "profile": spec.profile,
-        }
-        ours, theirs = {}, []
+        config = run_config(spec, self.hostname, self.rootless, self.cgroup, layout)
+        ours, theirs = _stdio_pipes(spec.script is not None, self._out is not None,
+                                    self._err is not None)
         try:
-            for name, wanted, mode in (("stdin", spec.script is not None, "wb"),
-                                       ("stdout", self._out is not None, "rb"),
-                                       ("stderr", self._err is not None, "rb")):
-                if not wanted:
-                    theirs.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
-                    continue
-                r, w = os.pipe2(os.O_CLOEXEC)
-                mine, child_end = (w, r) if mode == "wb" else (r, w)
-                ours[name] = os.fdopen(mine, mode, buffering=0)
-                theirs.append(child_end)
             self.started = time.monotonic()
             socket.send_fds(spare.control, [json.dumps(config).encode()], theirs)
         except BaseException:
@@ -503,16 +631,6 @@ class Run:
                 os.close(fd)
             spare.control.close()
         return ours
-
-    def _argv(self) -> list[str]:
-        if self.spec.command:
-            return list(self.spec.command)
-        return [sys.executable, "-u", "-"]
-
-    def _env(self) -> list[list[str]]:
-        env = dict(BASE_ENV, HOSTNAME=self.hostname, PYTHONUNBUFFERED="1")
-        env.update(dict(self.spec.env))
-        return [[k, v] for k, v in env.items()]
 
     # --- status messages from PID 1 (and its workload, until exec)
 
@@ -533,7 +651,7 @@ class Run:
                 self.exit_code = msg.get("code", self.exit_code)
             if "exit" in msg:
                 self.exit_code = msg["exit"]
-            if "mark" in msg:
+            if "mark" in msg and self.spec.profile:   # a ready spare marks its steps always
                 self.marks.append(tuple(msg["mark"]))
         return True
 
@@ -614,9 +732,18 @@ class Run:
         if self.cgroup:
             self.cgroup.destroy()
             self.cgroup = None
-        if self._refill:   # the next run's PID 1, joined to its group while nothing runs
-            Spares.refill(*self._refill)
-            self._refill = None
+        for kind, layout in self._refill:   # the next run's PID 1, made while nothing runs
+            Spares.refill(kind, layout)
+        self._refill = []
+
+
+def _steps(marks: list) -> list[str]:
+    t0 = prev = marks[0][1]
+    lines = [f"{marks[0][0]:<32} {'':>8} {0:8.2f}"]
+    for step, t in marks[1:]:
+        lines.append(f"{step:<32} {(t - prev) * 1e3:8.2f} {(t - t0) * 1e3:8.2f}")
+        prev = t
+    return lines
 
 
 def _cgroup_mounts(layout: cgroups.Layout, cgroup: cgroups.Cgroup) -> list[dict]:

@@ -3,8 +3,9 @@ PID 1 straight into its namespaces. That costs ~1 ms where a fresh interpreter c
 and its pages are shared by every PID 1 (copy-on-write), so an idle container adds little.
 
 Protocol (a SOCK_SEQPACKET socket pair): the runner sends a PID 1's boot settings as JSON with
-two fds (a control socket, where PID 1 later gets its run, and the status pipe); the zygote
-answers {"pid": pid} with a pidfd, or {"error": sentence}. The runner closing its end ends the
+two fds (a control socket, where PID 1 later gets its run, and the status pipe; then, for a
+spare made whole ahead, its stdin, stdout and stderr); the zygote answers {"pid": pid} with a
+pidfd, or {"error": sentence}. The runner closing its end ends the
 zygote; so does the runner's death (PDEATHSIG). Stdlib only."""
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def serve(sock_fd: int, runner: int) -> None:
     alive_r, _alive_w = os.pipe()                    # EOF for every PID 1 when we die
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(sock, MAX_CONFIG, 4)
+            data, fds, _, _ = socket.recv_fds(sock, MAX_CONFIG, 8)
         except InterruptedError:
             continue
         if not data:

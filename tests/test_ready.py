@@ -1,0 +1,89 @@
+"""A Python cell run again finds its whole container made ahead (root built, interpreter
+started and waiting for the cell on its stdin). That must not show: the same cell sees the
+same container, under the same limits, with whatever was installed in between."""
+
+import io
+import os
+import signal
+import site
+import threading
+
+import pytest
+from conftest import run_spec
+
+from nsmagic.core import run
+from nsmagic.runtime.launcher import Spares
+from nsmagic.spec import Spec
+
+pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+LOOK_AROUND = r"""
+import os, sys, socket
+print(os.getpid(), socket.gethostname(), os.environ["HOSTNAME"], os.getcwd(), sys.argv)
+print(open("/proc/self/cmdline").read().split("\0"), sys.flags.no_site, sys.flags.isolated)
+print([l for l in open("/proc/self/status") if l.startswith(("Cap", "NoNewPrivs", "Uid"))])
+print(sorted(os.listdir("/proc/self/fd")), os.environ.get("GREETING"))
+open("/etc/motd", "w").write("mine\n"); print(open("/etc/motd").read().strip())
+"""
+
+
+def cell(options: str, code: str):
+    got = run_spec(options + " --profile", script=code)
+    Spares.settle()          # the pause between two cells, when the next one is made
+    made_ahead = any(step == "ready spare taken" for step, _ in got.result.profile)
+    return got, made_ahead
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_a_cell_run_again_sees_the_same_container_made_ahead():
+    options = "--mem 100M --pids 64 -h again -w /work -e GREETING=hi"
+    first, first_ahead = cell(options, LOOK_AROUND)
+    second, second_ahead = cell(options, LOOK_AROUND)
+    assert not first_ahead and second_ahead
+    assert first.result.exit_code == second.result.exit_code == 0, (first, second)
+    assert first.out == second.out and first.err == second.err
+    assert "again again /work ['-']" in second.out and "mine" in second.out
+    assert first.result.memory_limit == second.result.memory_limit
+    with open("/etc/motd") as f:
+        assert "mine" not in f.read()
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_limits_hold_in_a_container_made_ahead():
+    grow = "b = []\nwhile True: b.append(bytearray(1 << 20))"
+    cell("--mem 40M -h limits", "pass")
+    oom, ahead = cell("--mem 40M -h limits", grow)
+    assert ahead and oom.result.exit_code == 137 and oom.result.oom_killed, oom
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_a_pth_installed_between_cells_is_seen():
+    """An interpreter started before a `pip install` would miss its .pth: made afresh."""
+    pth = os.path.join(site.getsitepackages()[0], f"nsmagic-test-{os.getpid()}.pth")
+    show = "import os; print(os.environ.get('NSMAGIC_TEST_PTH'))"
+    cell("-h pth", show)
+    try:
+        with open(pth, "w") as f:
+            f.write("import os; os.environ['NSMAGIC_TEST_PTH'] = 'seen'\n")
+        got, ahead = cell("-h pth", show)
+    finally:
+        os.unlink(pth)
+    assert got.out.strip() == "seen" and not ahead, got
+    Spares.settle()
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_a_cell_in_a_container_made_ahead_stops_on_interrupt():
+    options = "-h stop --profile"
+    cell(options, "pass")
+    timer = threading.Timer(0.8, lambda: signal.pthread_kill(threading.main_thread().ident,
+                                                             signal.SIGINT))
+    out = io.StringIO()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt) as info:
+        run(Spec.from_argv(options, script="import time\nprint('up')\ntime.sleep(100)"),
+            out=out, err=io.StringIO())
+    result = info.value.result
+    assert out.getvalue() == "up\n"
+    assert any(step == "ready spare taken" for step, _ in result.profile)
+    assert result.stopped_by == "SIGINT" and result.exit_code == 130, result
