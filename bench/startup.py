@@ -25,6 +25,7 @@ Contenders (``--only`` names):
                  (inside the timed region)
   crun-wrapper   the cost of the wrapper crun needs on a hybrid cgroup layout
   overlay        reference: mkdir + overlay mount + umount + rm alone
+  python-floor   reference: ``python -c pass``, the floor of any Python CLI
   bwrap          bubblewrap --unshare-all (no limits)
   unshare        util-linux unshare -fpmuin (no limits)
 
@@ -96,6 +97,7 @@ ALL_CONTENDERS = [
     "bwrap",
     "unshare",
     "overlay",
+    "python-floor",
 ]
 ALL_EXTRAS = ["load-ext", "hundred"]
 
@@ -658,6 +660,15 @@ class NsmCold(SubprocessContender):
         return self.cmd
 
 
+class PythonFloor(SubprocessContender):
+    name = "python-floor"
+    label = "python -c pass (no container)"
+    notes = "reference: the start of the interpreter any Python CLI runs in"
+
+    def argv(self, i: int) -> list[str]:
+        return [sys.executable, "-c", "pass"]
+
+
 class NsmCell(Contender):
     name = "nsmagic-cell"
     label = "%%container pass cell"
@@ -718,7 +729,7 @@ def settle_spares() -> None:
     """What a notebook has between two cells: time for nsmagic to make the next run's
     spare (a PID 1 joined to its cgroup; for a Python cell, its whole container). Without
     this pause that background work would be timed in whichever contender runs next."""
-    importlib.import_module("nsmagic.runtime.launcher").Spares.settle()
+    importlib.import_module("nsmagic.runtime.launcher").settle()
 
 
 # --------------------------------------------------------------------------
@@ -1111,6 +1122,8 @@ def main() -> int:
             contenders.append(NsmCell())
         if "nsmagic-cell-new" in wanted:
             contenders.append(NsmCellNew())
+        if "python-floor" in wanted:
+            contenders.append(PythonFloor())
         crun = runc = None
         if "crun" in wanted:
             crun = OCI("crun", ov, scratch, tag, wrap=(layout == "hybrid"))
@@ -1235,10 +1248,10 @@ def ready_spares() -> set:
     """Group names of this process's ready spares (nsmagic keeps one PID 1 ready per kind
     of run, joined to its cgroup, and drops it at exit)."""
     try:
-        from nsmagic.runtime.launcher import Spares
+        from nsmagic.runtime.launcher import settle
     except ImportError:
         return set()
-    return Spares.settle()
+    return settle()
 
 
 def final_nsmagic_sweep() -> None:

@@ -13,10 +13,10 @@ import os
 import selectors
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .cgroups import Usage
-from .runtime.launcher import Result, Run
+from .runtime.launcher import Endings, Result, Run
 from .spec import Spec
 
 __all__ = ["run", "start", "Run", "Result"]
@@ -55,9 +55,13 @@ def run(spec: Spec, out=None, err=None,
         print(f"nsmagic: {container.warning}", file=sys.stderr, flush=True)
     try:
         result = _follow(container, out, err, on_sample)
+    except KeyboardInterrupt:
+        container.close()
+        Endings.settle()   # the cell will say that all of it is gone: make sure first
+        raise
     finally:
         container.close()
-        container.mark("cgroup removed, fds closed")
+        container.mark("run closed, teardown handed off")
     return result
 
 
@@ -124,7 +128,7 @@ def _follow(container: Run, out, err, on_sample) -> Result:
         sel.close()
     container.wait()
     container.ended = time.monotonic()
-    container.mark("PID 1 exited, output drained")
+    container.mark("exit reported, output drained")
     for sink in sinks.values():
         sink.write(b"")
     result = container.result()

@@ -20,6 +20,16 @@ def test_run_exits_with_the_container_status_and_streams_apart():
     assert done.returncode == 3 and done.stdout == "out\n" and done.stderr == "err\n"
 
 
+def test_a_run_from_the_shell_leaves_nothing_once_it_exited():
+    """The CLI prints its result before its PID 1 has finished exiting; it still removes
+    all of it before it exits itself."""
+    from conftest import leftovers
+    cli = subprocess.Popen([sys.executable, "-m", "nsmagic", "run", "--mem", "32M", "--pids",
+                            "8", "--", "true"], cwd=REPO)
+    assert cli.wait(60) == 0
+    assert leftovers(cli.pid) == []
+
+
 def test_json_result_is_the_last_line_of_stdout():
     done = nsmagic("run", "--json", "--mem", "64M", "--", "sh", "-c", "echo hello")
     lines = done.stdout.splitlines()
@@ -103,8 +113,8 @@ def test_a_runners_spares_are_no_containers_and_go_when_the_runner_exits(what, s
     must not list it, and a runner that exits normally takes it along."""
     from conftest import leftovers
     code = ("import io, sys; from nsmagic.core import run; from nsmagic.spec import Spec; "
-            "from nsmagic.runtime.launcher import Spares; "
-            f"run({what}); print(sorted(Spares.settle()), flush=True); "
+            "from nsmagic.runtime.launcher import settle; "
+            f"run({what}); print(sorted(settle()), flush=True); "
             "sys.stdin.readline()")
     runner = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_spec
 
 from nsmagic.core import run
-from nsmagic.runtime.launcher import Spares
+from nsmagic.runtime.launcher import settle
 from nsmagic.spec import Spec
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
@@ -29,7 +29,7 @@ open("/etc/motd", "w").write("mine\n"); print(open("/etc/motd").read().strip())
 
 def cell(options: str, code: str):
     got = run_spec(options + " --profile", script=code)
-    Spares.settle()          # the pause between two cells, when the next one is made
+    settle()          # the pause between two cells, when the next one is made
     made_ahead = any(step == "ready spare taken" for step, _ in got.result.profile)
     return got, made_ahead
 
@@ -69,7 +69,7 @@ def test_a_pth_installed_between_cells_is_seen():
     finally:
         os.unlink(pth)
     assert got.out.strip() == "seen" and not ahead, got
-    Spares.settle()
+    settle()
 
 
 @pytest.mark.usefixtures("no_leaks")

@@ -262,6 +262,8 @@ def _run_workload(cfg: dict, status: Status, go: socket.socket | None = None) ->
             status.mark("workload exited")
             code = _exit_code(wait_status)
             status.send(exit=code)
+            for fd in (0, 1, 2, 4):   # the run is over for the runner: it need not wait
+                os.close(fd)          # for the rest of our exit (the namespaces' teardown)
             os._exit(code)
 
 

@@ -9,10 +9,10 @@ import atexit
 import dataclasses
 import json
 import os
+import queue
 import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -61,6 +61,7 @@ class Zygote:
 
         def start_and_stay():
             try:
+                import subprocess  # here: the CLI never starts a fork server
                 started.append(subprocess.Popen(
                     [sys.executable, "-I", "-S", ZYGOTE, str(theirs.fileno()),
                      str(os.getpid())],
@@ -121,14 +122,14 @@ class Init:
     def wait(self, timeout: float | None = None) -> None:
         if not self.exited:
             if not select.select([self.pidfd], [], [], timeout)[0]:
-                raise subprocess.TimeoutExpired("nsmagic-init", timeout)
+                raise TimeoutError(f"nsmagic-init still runs after {timeout} s")
             self.exited = True
 
     def poll(self) -> bool:
         """True while it runs."""
         try:
             self.wait(0)
-        except subprocess.TimeoutExpired:
+        except TimeoutError:
             return True
         return False
 
@@ -441,6 +442,72 @@ class Spares:
 atexit.register(Spares.drop_all)
 
 
+class Endings:
+    """Runs whose PID 1 reported the end and is still exiting (its namespaces' teardown:
+    unmounting the root takes an RCU grace period, the net namespace more). One worker
+    thread waits for each, closes its fds, removes its group, then has the next run's
+    spares made: off the run's path, so a cell returns once its exit and output are in.
+    Waited for at exit."""
+
+    _queue: queue.Queue | None = None
+    _owner = 0
+    _lock = threading.Lock()
+
+    @classmethod
+    def add(cls, process: Init | None, cgroup: cgroups.Cgroup | None,
+            refill: list[tuple[SpareKind, cgroups.Layout]]) -> None:
+        with cls._lock:
+            if cls._queue is None or cls._owner != os.getpid():
+                cls._queue, cls._owner = queue.Queue(), os.getpid()
+                threading.Thread(target=cls._work, args=(cls._queue,), daemon=True,
+                                 name="nsmagic-endings").start()
+            cls._queue.put((process, cgroup, refill))
+
+    @classmethod
+    def _work(cls, work: queue.Queue) -> None:
+        while True:
+            process, cgroup, refill = work.get()
+            try:
+                cls._finish(process, cgroup)
+            finally:
+                for kind, layout in refill:   # the next run's spares, once this one is gone
+                    Spares.refill(kind, layout)
+                work.task_done()
+
+    @staticmethod
+    def _finish(process: Init | None, cgroup: cgroups.Cgroup | None) -> None:
+        try:
+            if process is not None:
+                try:
+                    process.wait(5.0)
+                except TimeoutError:   # stuck exiting: what kill can do, do
+                    process.kill()
+                    if cgroup:
+                        cgroup.kill()
+                    process.wait(5.0)
+                process.close()
+            if cgroup:
+                cgroup.destroy()
+        except (OSError, NsmagicError, TimeoutError):
+            pass   # a group left behind is swept by the next start
+
+    @classmethod
+    def settle(cls) -> None:
+        work = cls._queue
+        if work is not None and cls._owner == os.getpid():
+            work.join()
+
+
+def settle() -> set[str]:
+    """Wait for background work (ended runs' teardown, spares being made); return the group
+    names of the ready spares, which stay by design."""
+    Endings.settle()
+    return Spares.settle()
+
+
+atexit.register(Endings.settle)
+
+
 @dataclass
 class Result:
     """What a run did, in the fields `docker inspect`/`docker stats` would show."""
@@ -534,6 +601,7 @@ class Run:
         self.process: Init | None = None
         self.pid1: int | None = None
         self.exit_code: int | None = None
+        self.reported = False      # PID 1 said how the run ended (and then it exits)
         self.error: str | None = None
         self.started = self.ended = 0.0
         self._status_buf = b""
@@ -649,8 +717,10 @@ class Run:
             if "error" in msg and self.error is None:
                 self.error = msg["error"]
                 self.exit_code = msg.get("code", self.exit_code)
+                self.reported = self.exit_code is not None
             if "exit" in msg:
                 self.exit_code = msg["exit"]
+                self.reported = True
             if "mark" in msg and self.spec.profile:   # a ready spare marks its steps always
                 self.marks.append(tuple(msg["mark"]))
         return True
@@ -690,16 +760,22 @@ class Run:
         try:
             self.process.wait(timeout)
             return True
-        except subprocess.TimeoutExpired:
+        except TimeoutError:
             return False
 
     # --- end
 
     def wait(self) -> int:
-        self.process.wait()
-        # PID 1 is gone, and its namespace with it: what it said is all in the pipe now.
+        """The workload's exit status. PID 1 reports it and closes its fds, then exits; the
+        rest of its exit (its namespaces torn down, ~1 ms) does not hold the run up. Only a
+        PID 1 that could not report is waited for."""
         while self.status_fd is not None and self.read_status():
             pass
+        if not self.reported:
+            self.process.wait()
+            # PID 1 is gone, and its namespace with it: what it said is all in the pipe now.
+            while self.status_fd is not None and self.read_status():
+                pass
         if self.exit_code is None:   # PID 1 itself was killed before it could report
             self.exit_code = 128 + signal.SIGKILL
         return self.exit_code
@@ -720,21 +796,19 @@ class Run:
         return r
 
     def close(self) -> None:
-        """Everything the run made goes: processes, cgroup, fds. Safe to call twice."""
-        if self.process is not None:
-            if self.process.poll():
-                self.kill_all()
-                self.process.wait()
-            self.process.close()
+        """Everything the run made goes: processes, cgroup, fds. Safe to call twice. A PID 1
+        that reported the end is left to finish exiting, and its group then removed, in the
+        background (see Endings)."""
+        if self.process is not None and self.process.poll() and not self.reported:
+            self.kill_all()
+            self.process.wait()
         if getattr(self, "status_fd", None) is not None:
             os.close(self.status_fd)
             self.status_fd = None
-        if self.cgroup:
-            self.cgroup.destroy()
-            self.cgroup = None
-        for kind, layout in self._refill:   # the next run's PID 1, made while nothing runs
-            Spares.refill(kind, layout)
-        self._refill = []
+        if self.process is not None or self.cgroup or self._refill:
+            Endings.add(self.process, self.cgroup, self._refill)
+            self.process = self.cgroup = None
+            self._refill = []
 
 
 def _steps(marks: list) -> list[str]:
