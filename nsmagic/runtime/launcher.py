@@ -188,11 +188,12 @@ def ready_spec(spec: Spec) -> Spec | None:
 
 def _python_fingerprint() -> tuple:
     """When each directory Python imports from last changed: an interpreter started before
-    a `pip install` would not have seen its .pth files."""
+    a `pip install` would not have seen its .pth files. ("" is the notebook's folder, which
+    a container does not see.)"""
     stamps = []
-    for path in sys.path:
+    for path in filter(None, sys.path):
         try:
-            stamps.append(os.stat(path or ".").st_mtime_ns)
+            stamps.append(os.stat(path).st_mtime_ns)
         except OSError:
             stamps.append(None)
     return tuple(stamps)
@@ -202,7 +203,8 @@ def _python_fingerprint() -> tuple:
 class Spare:
     """A PID 1 cloned into its namespaces and joined to its (not yet limited) cgroup, waiting
     on its control socket for a run. Made ahead of time, it takes the cost of joining a cgroup
-    (an RCU grace period per v1 hierarchy, ~10 ms here) off the next run's start."""
+    (an RCU grace period per v1 hierarchy, ~10 ms here) off the next run's start. A ready
+    spare (SpareKind.ready) has gone on to make its whole container and waits for "go"."""
     kind: SpareKind
     id: str
     cgroup: cgroups.Cgroup | None
@@ -421,7 +423,7 @@ class Spares:
         with cls._lock:
             making = list(cls._making.values())
         for worker in making:
-            worker.join(5)
+            worker.join(30)   # a ready spare waits for its interpreter: seconds on a busy host
         with cls._lock:
             return {s.cgroup.name for s in cls._ready.values() if s.cgroup}
 

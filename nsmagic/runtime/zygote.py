@@ -5,8 +5,8 @@ and its pages are shared by every PID 1 (copy-on-write), so an idle container ad
 Protocol (a SOCK_SEQPACKET socket pair): the runner sends a PID 1's boot settings as JSON with
 two fds (a control socket, where PID 1 later gets its run, and the status pipe; then, for a
 spare made whole ahead, its stdin, stdout and stderr); the zygote answers {"pid": pid} with a
-pidfd, or {"error": sentence}. The runner closing its end ends the
-zygote; so does the runner's death (PDEATHSIG). Stdlib only."""
+pidfd, or {"error": sentence}. The runner closing its end ends the zygote; so does the
+runner's death (PDEATHSIG). Stdlib only."""
 
 from __future__ import annotations
 
