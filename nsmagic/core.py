@@ -84,6 +84,7 @@ def _follow(container: Run, out, err, on_sample) -> Result:
     samples: list[Usage] = []
     next_sample = time.monotonic()
     status_open, timed_out, stopped_by = True, False, None
+    pidfd = None
     interrupted = None
     try:
         while status_open or sinks:
@@ -107,10 +108,23 @@ def _follow(container: Run, out, err, on_sample) -> Result:
                 break
             for key, _ in events:
                 fd = key.fd
-                if fd == container.status_fd:
+                if fd == pidfd:   # PID 1 is gone: every writer in the container is dead
+                    for done in (fd, *sinks):
+                        sel.unregister(done)
+                    _drain(sinks)
+                    if status_open:
+                        container.read_status()
+                        sel.unregister(container.status_fd)
+                        status_open = False
+                elif fd == container.status_fd:
                     if not container.read_status():
                         sel.unregister(fd)
                         status_open = False
+                    if container.reported and pidfd is None:
+                        # Done when the pipes end, or else when PID 1 is gone: a copy of a
+                        # pipe's write end in some fork of this process must not hold us.
+                        pidfd = proc.pidfd
+                        sel.register(pidfd, selectors.EVENT_READ)
                 elif fd == stdin_fd:
                     script = _feed(proc, sel, script)
                 else:

@@ -7,12 +7,13 @@ import os
 import signal
 import site
 import threading
+import time
 
 import pytest
 from conftest import run_spec
 
 from nsmagic.core import run
-from nsmagic.runtime.launcher import settle
+from nsmagic.runtime.launcher import Spares, settle
 from nsmagic.spec import Spec
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
@@ -62,6 +63,7 @@ def test_a_pth_installed_between_cells_is_seen():
     pth = os.path.join(site.getsitepackages()[0], f"nsmagic-test-{os.getpid()}.pth")
     show = "import os; print(os.environ.get('NSMAGIC_TEST_PTH'))"
     cell("-h pth", show)
+    assert any(kind.ready for kind in Spares._ready), "no container was made ahead"
     try:
         with open(pth, "w") as f:
             f.write("import os; os.environ['NSMAGIC_TEST_PTH'] = 'seen'\n")
@@ -87,3 +89,47 @@ def test_a_cell_in_a_container_made_ahead_stops_on_interrupt():
     assert out.getvalue() == "up\n"
     assert any(step == "ready spare taken" for step, _ in result.profile)
     assert result.stopped_by == "SIGINT" and result.exit_code == 130, result
+
+
+def ready_spare():
+    return next(spare for kind, spare in Spares._ready.items() if kind.ready)
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_one_container_is_made_ahead_for_the_latest_cell_only():
+    cell("-h first", "pass")
+    first = ready_spare().cgroup.name
+    cell("-h second", "pass")
+    assert ready_spare().cgroup.name != first
+    assert [kind.ready.hostname for kind in Spares._ready if kind.ready] == ["second"]
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_a_fork_of_the_runner_does_not_hold_a_cell_up():
+    """multiprocessing's workers are forks of the kernel: one that lives on must not keep
+    a container made ahead from seeing the end of its cell on stdin."""
+    cell("-h forked", "pass")
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        got, ahead = cell("-h forked --timeout 10", "print('ran')")
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    assert ahead and got.out == "ran\n" and not got.result.timed_out, got
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_a_container_whose_interpreter_died_while_it_waited_is_not_used():
+    cell("-h died", "pass")
+    spare = ready_spare()
+    interpreter = [pid for pid in spare.cgroup.pids() if pid != spare.pid]
+    assert len(interpreter) == 1
+    os.kill(interpreter[0], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while spare.alive() and time.monotonic() < deadline:   # its PID 1 goes with it
+        time.sleep(0.01)
+    got, ahead = cell("-h died", "print('fresh')")
+    assert not ahead and got.out == "fresh\n", got

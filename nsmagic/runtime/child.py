@@ -248,7 +248,7 @@ def _run_workload(cfg: dict, status: Status, go: socket.socket | None = None) ->
         _await_reading_stdin(pid)
         status.mark("interpreter waits for the cell")
         status.send(ready=True)
-        if not go.recv(16):
+        if not _taken(go, pid):
             os._exit(0)
         go.close()
         linux.set_name("nsmagic-init")
@@ -265,6 +265,31 @@ def _run_workload(cfg: dict, status: Status, go: socket.socket | None = None) ->
             for fd in (0, 1, 2, 4):   # the run is over for the runner: it need not wait
                 os.close(fd)          # for the rest of our exit (the namespaces' teardown)
             os._exit(code)
+
+
+def _taken(go: socket.socket, pid: int) -> bool:
+    """A ready spare waits to be taken: True on "go". False when it is dropped (EOF), or
+    when its interpreter dies meanwhile (killed, say): then PID 1 goes too, and no cell is
+    given a container whose interpreter is dead."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda _s, _f: None)   # a handler: the wake-up fd is written
+    previous = signal.set_wakeup_fd(wake_w)
+    try:
+        while True:
+            if select.select([go], [], [], 0)[0]:
+                return bool(go.recv(16))
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return False
+            select.select([go, wake_r], [], [])
+            try:
+                os.read(wake_r, 64)
+            except BlockingIOError:
+                pass
+    finally:
+        signal.set_wakeup_fd(previous)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 def _await_reading_stdin(pid: int, limit: float = 5.0) -> None:

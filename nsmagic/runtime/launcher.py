@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from .. import cgroups
@@ -81,6 +82,11 @@ class Zygote:
             raise SetupError(f"can't start the fork server {sys.executable}: "
                              f"{started[0].strerror.lower()}")
         self.process, self.sock = started[0], ours
+        _HELD.add(ours)
+
+    @classmethod
+    def forget_in_child(cls) -> None:
+        cls._lock, cls._current = threading.Lock(), None
 
     @classmethod
     def spawn(cls, config: dict, fds: list[int]) -> tuple[int, int]:
@@ -270,27 +276,32 @@ def make_spare(kind: SpareKind, layout: cgroups.Layout) -> Spare:
             "network": kind.network, "unconfined": kind.unconfined,
             "cgroup_procs": cgroup.procs_files() if cgroup else [],
             "cgroup_dir": cgroup.directories()[0] if cgroup and cgroup.version == "v2" else None}
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    ours = theirs = status_r = status_w = None
     stdio, child_ends = {}, []
-    if ready:
-        boot["run"] = run_config(ready, ready.hostname or run_id, kind.rootless, cgroup, layout)
-        stdio, child_ends = _stdio_pipes(True, True, True)
     try:
+        if ready:
+            boot["run"] = run_config(ready, ready.hostname or run_id, kind.rootless, cgroup,
+                                     layout)
+            stdio, child_ends = _stdio_pipes(True, True, True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        _HELD.add(ours)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
         pid, pidfd = Zygote.spawn(boot, [theirs.fileno(), status_w, *child_ends])
     except BaseException:
-        ours.close()
-        os.close(status_r)
-        for f in stdio.values():
-            f.close()
+        for f in (ours, *stdio.values()):
+            if f is not None:
+                f.close()
+        if status_r is not None:
+            os.close(status_r)
         if cgroup:
             cgroup.destroy()
         raise
     finally:
-        theirs.close()
-        os.close(status_w)
-        for fd in child_ends:
-            os.close(fd)
+        for fd in (status_w, *child_ends):
+            if fd is not None:
+                os.close(fd)
+        if theirs is not None:
+            theirs.close()
     spare = Spare(kind, run_id, cgroup, error, pid, pidfd, ours, status_r, stdio,
                   _python_fingerprint() if ready else ())
     if ready:
@@ -355,6 +366,7 @@ def _stdio_pipes(stdin: bool, stdout: bool, stderr: bool) -> tuple[dict, list[in
             r, w = os.pipe2(os.O_CLOEXEC)
             mine, child_end = (w, r) if mode == "wb" else (r, w)
             ours[name] = os.fdopen(mine, mode, buffering=0)
+            _HELD.add(ours[name])
             theirs.append(child_end)
     except BaseException:
         for f in ours.values():
@@ -366,12 +378,13 @@ def _stdio_pipes(stdin: bool, stdout: bool, stderr: bool) -> tuple[dict, list[in
 
 
 class Spares:
-    """At most one spare per kind of run, and one ready spare in all, made in the background
-    while a run goes on. Dropped at exit; a runner killed outright takes its spares along
-    (PDEATHSIG), and the next start sweeps their groups."""
+    """At most one spare per kind of run, and one ready spare in all (for the latest Python
+    cell), made in the background once a run is over. Dropped at exit; a runner killed
+    outright takes its spares along (PDEATHSIG), and the next start sweeps their groups."""
 
     _ready: dict[SpareKind, Spare] = {}
     _making: dict[SpareKind, threading.Thread] = {}
+    _latest_ready: SpareKind | None = None
     _lock = threading.Lock()
     _closed = False
 
@@ -391,31 +404,41 @@ class Spares:
     @classmethod
     def refill(cls, kind: SpareKind, layout: cgroups.Layout) -> None:
         with cls._lock:
+            if kind.ready:
+                cls._latest_ready = kind
             if cls._closed or kind in cls._ready or kind in cls._making:
                 return
             worker = threading.Thread(target=cls._make, args=(kind, layout), daemon=True,
                                       name="nsmagic-spare")
             cls._making[kind] = worker
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError:   # the interpreter is shutting down: no new threads
+            with cls._lock:
+                cls._making.pop(kind, None)
 
     @classmethod
     def _make(cls, kind: SpareKind, layout: cgroups.Layout) -> None:
         try:
-            spare = make_spare(kind, layout)
-        except (NsmagicError, OSError):
-            spare = None
-        stale = []
-        with cls._lock:
-            cls._making.pop(kind, None)
-            keep = spare is not None and not cls._closed and kind not in cls._ready
-            if keep:
-                if kind.ready:   # one container made ahead at most: for the latest cell
-                    stale = [cls._ready.pop(k) for k in list(cls._ready) if k.ready]
-                cls._ready[kind] = spare
-        if spare is not None and not keep:
-            stale.append(spare)
-        for old in stale:
-            old.drop()
+            try:
+                spare = make_spare(kind, layout)
+            except Exception:  # noqa: BLE001 - a spare only saves time: the run that finds
+                spare = None   # none makes its own PID 1 and reports what fails
+            unused = []
+            with cls._lock:
+                keep = (spare is not None and not cls._closed and kind not in cls._ready
+                        and (not kind.ready or kind == cls._latest_ready))
+                if keep:
+                    if kind.ready:   # the one container made ahead is the latest cell's
+                        unused = [cls._ready.pop(k) for k in list(cls._ready) if k.ready]
+                    cls._ready[kind] = spare
+                elif spare is not None:
+                    unused = [spare]
+            for old in unused:
+                old.drop()
+        finally:   # only now: settle() waits for this thread while it is listed here
+            with cls._lock:
+                cls._making.pop(kind, None)
 
     @classmethod
     def settle(cls) -> set[str]:
@@ -433,15 +456,30 @@ class Spares:
             cls._closed = True
             making = list(cls._making.values())
         for worker in making:
-            worker.join(5)
+            worker.join(30)
         with cls._lock:
             spares = [s for s in cls._ready.values() if s.owner == os.getpid()]
             cls._ready.clear()
         for spare in spares:
             spare.drop()
 
+    @classmethod
+    def forget_in_child(cls) -> None:
+        """In a fork of the runner (multiprocessing's workers, say) the spares are the
+        parent's. A copy of a ready interpreter's stdin there would keep the cell it gets
+        from ever seeing its end: each fd in _HELD becomes /dev/null in the child."""
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        for held in list(_HELD):
+            fd = -1 if getattr(held, "closed", False) else held.fileno()
+            if fd >= 0:
+                os.dup2(null, fd, inheritable=False)
+        os.close(null)
+        cls._lock, cls._ready, cls._making = threading.Lock(), {}, {}
 
-atexit.register(Spares.drop_all)
+
+# The runner's ends of spares' pipes and sockets (file and socket objects, so a closed one is
+# known as closed and its number never mistaken for a newer fd's): see forget_in_child.
+_HELD: weakref.WeakSet = weakref.WeakSet()
 
 
 class Endings:
@@ -454,6 +492,7 @@ class Endings:
     _queue: queue.Queue | None = None
     _owner = 0
     _lock = threading.Lock()
+    _left: list[cgroups.Cgroup] = []   # groups still busy when their run ended: tried again
 
     @classmethod
     def add(cls, process: Init | None, cgroup: cgroups.Cgroup | None,
@@ -471,33 +510,50 @@ class Endings:
             process, cgroup, refill = work.get()
             try:
                 cls._finish(process, cgroup)
-            finally:
                 for kind, layout in refill:   # the next run's spares, once this one is gone
                     Spares.refill(kind, layout)
+            except Exception:  # noqa: BLE001 - this thread must live: settle() waits on it
+                pass
+            finally:
                 work.task_done()
 
-    @staticmethod
-    def _finish(process: Init | None, cgroup: cgroups.Cgroup | None) -> None:
-        try:
-            if process is not None:
+    @classmethod
+    def _finish(cls, process: Init | None, cgroup: cgroups.Cgroup | None) -> None:
+        if process is not None:
+            try:
+                process.wait(5.0)
+            except TimeoutError:   # stuck exiting: what kill can do, do
+                process.kill()
+                if cgroup:
+                    cgroup.kill()
                 try:
                     process.wait(5.0)
-                except TimeoutError:   # stuck exiting: what kill can do, do
-                    process.kill()
-                    if cgroup:
-                        cgroup.kill()
-                    process.wait(5.0)
+                except TimeoutError:
+                    pass
+            finally:
                 process.close()
-            if cgroup:
-                cgroup.destroy()
-        except (OSError, NsmagicError, TimeoutError):
-            pass   # a group left behind is swept by the next start
+        for group in ([cgroup] if cgroup else []) + cls._left:
+            try:
+                group.destroy()
+            except (OSError, NsmagicError):
+                if group not in cls._left:
+                    cls._left.append(group)
+            else:
+                if group in cls._left:
+                    cls._left.remove(group)
 
     @classmethod
     def settle(cls) -> None:
         work = cls._queue
         if work is not None and cls._owner == os.getpid():
             work.join()
+            if cls._left:   # once more, now that their processes had time to go
+                cls.add(None, None, [])
+                work.join()
+
+    @classmethod
+    def forget_in_child(cls) -> None:
+        cls._lock, cls._queue, cls._left = threading.Lock(), None, []
 
 
 def settle() -> set[str]:
@@ -507,7 +563,21 @@ def settle() -> set[str]:
     return Spares.settle()
 
 
-atexit.register(Endings.settle)
+@atexit.register
+def _at_exit() -> None:
+    with Spares._lock:
+        Spares._closed = True      # no new spares: the endings below would start some
+    Endings.settle()
+    Spares.drop_all()
+
+
+def _forget_in_child() -> None:
+    Spares.forget_in_child()
+    Endings.forget_in_child()
+    Zygote.forget_in_child()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 @dataclass
@@ -632,18 +702,20 @@ class Run:
         ready = (ready_spec(spec) if READY_SPARES and self._out is not None
                  and self._err is not None else None)
         ready_kind = dataclasses.replace(kind, ready=ready) if ready else None
-        spare = ((ready_kind and Spares.take(ready_kind)) or Spares.take(kind)
-                 or make_spare(kind, layout))
-        self.mark("ready spare taken" if spare.kind.ready else
-                  "spare taken" if spare.was_spare else "PID 1 cloned (runner)")
-        self.id, self.cgroup = spare.id, spare.cgroup
-        self.name = spec.name or f"nsmagic-{self.id}"
-        self.hostname = spec.hostname or self.id
-        if WARM_SPARES and not spec.unconfined and not Zygote.fork_in_process:
-            self._refill = [(k, layout) for k in (ready_kind, kind) if k]
-        if spare.kind.ready:   # all is set up and the interpreter waits: let it go
-            return self._go(spare)
-        try:
+        spare = None
+        try:   # a spare taken is handed to PID 1's run or dropped, whatever happens
+            spare = (ready_kind and Spares.take(ready_kind)) or Spares.take(kind)
+            if spare is None:
+                spare = make_spare(kind, layout)
+            self.mark("ready spare taken" if spare.kind.ready else
+                      "spare taken" if spare.was_spare else "PID 1 cloned (runner)")
+            self.id, self.cgroup = spare.id, spare.cgroup
+            self.name = spec.name or f"nsmagic-{self.id}"
+            self.hostname = spec.hostname or self.id
+            if WARM_SPARES and not spec.unconfined and not Zygote.fork_in_process:
+                self._refill = [(k, layout) for k in (ready_kind, kind) if k]
+            if spare.kind.ready:   # all is set up and the interpreter waits: let it go
+                return self._go(spare)
             error = spare.cgroup_error
             if self.cgroup and limits.any:
                 self.cgroup.limits = limits
@@ -658,7 +730,8 @@ class Run:
                     "running UNCONFINED: no namespaces and no overlay, so writes reach the host")
             ours = self._send_run(spare, layout)
         except BaseException:
-            spare.drop()
+            if spare is not None and self.process is None:
+                spare.drop()
             self.cgroup = None
             raise
         self.process = Init(spare.pid, spare.pidfd, **ours)
@@ -673,7 +746,6 @@ class Run:
         try:
             spare.control.send(b"go")
         except OSError:
-            spare.drop()
             raise SetupError("the container made ahead for this cell died before it ran; "
                              "run the cell again.") from None
         self.mark("run handed to PID 1")
