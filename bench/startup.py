@@ -729,7 +729,7 @@ def settle_spares() -> None:
     """What a notebook has between two cells: time for nsmagic to make the next run's
     spare (a PID 1 joined to its cgroup; for a Python cell, its whole container). Without
     this pause that background work would be timed in whichever contender runs next."""
-    importlib.import_module("nsmagic.runtime.launcher").settle()
+    importlib.import_module("nsmagic.runtime.spares").settle()
 
 
 # --------------------------------------------------------------------------
@@ -1248,7 +1248,7 @@ def ready_spares() -> set:
     """Group names of this process's ready spares (nsmagic keeps one PID 1 ready per kind
     of run, joined to its cgroup, and drops it at exit)."""
     try:
-        from nsmagic.runtime.launcher import settle
+        from nsmagic.runtime.spares import settle
     except ImportError:
         return set()
     return settle()
@@ -1258,7 +1258,7 @@ def final_nsmagic_sweep() -> None:
     """Report (and remove, if empty) cgroups nsmagic left under this process's name, after
     nsmagic's own exit handler has dropped its spares."""
     try:
-        from nsmagic.runtime.launcher import Spares
+        from nsmagic.runtime.spares import Spares
         Spares.drop_all()
     except ImportError:
         pass

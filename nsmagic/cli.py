@@ -43,7 +43,7 @@ def _run(argv: list[str]) -> int:
     if spec.is_python_cell:   # no command: Python, with the script from stdin
         spec = spec.replace(script=sys.stdin.read())
     from .core import run
-    from .runtime.launcher import Zygote
+    from .runtime.pid1 import Zygote
     Zygote.fork_in_process = True   # this process is small and single-threaded
     try:
         result = run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)

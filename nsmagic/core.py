@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 
 from .cgroups import Usage
-from .runtime.launcher import Endings, Result, Run
+from .runtime.launcher import Result, Run
+from .runtime.spares import Endings
 from .spec import Spec
 
 __all__ = ["run", "start", "Run", "Result"]

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_spec
 
 from nsmagic.core import run
-from nsmagic.runtime.launcher import Spares, settle
+from nsmagic.runtime.spares import Spares, settle
 from nsmagic.spec import Spec
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

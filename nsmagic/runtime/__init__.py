@@ -1,1 +1,2 @@
-"""The launcher (parent side) and the child side of a run; see launcher.py and child.py."""
+"""A run, from the runner's side (launcher.py; pid1.py, spares.py) and from inside (child.py,
+in the PID 1 that the fork server, zygote.py, clones)."""
