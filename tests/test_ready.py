@@ -133,3 +133,30 @@ def test_a_container_whose_interpreter_died_while_it_waited_is_not_used():
         time.sleep(0.01)
     got, ahead = cell("-h died", "print('fresh')")
     assert not ahead and got.out == "fresh\n", got
+
+
+def test_a_killed_runner_takes_its_container_made_ahead_along():
+    """Kernel death with a ready interpreter waiting: nothing of it may live on."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, leftovers
+    code = ("import io, sys; from nsmagic.core import run; from nsmagic.spec import Spec; "
+            "from nsmagic.runtime.spares import Spares, settle; "
+            "run(Spec.from_argv('--mem 64M', script='pass'), out=io.StringIO(), "
+            "err=io.StringIO()); settle(); "
+            "print(sum(k.ready is not None for k in Spares._ready), flush=True); "
+            "sys.stdin.readline()")
+    runner = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert runner.stdout.readline() == "1\n"
+    assert len([line for line in leftovers(runner.pid) if line.startswith("process")]) >= 2
+    runner.kill()
+    runner.wait()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and any(
+            line.startswith("process") for line in leftovers(runner.pid)):
+        time.sleep(0.02)
+    assert not [line for line in leftovers(runner.pid) if line.startswith("process")]
+    done = subprocess.run([sys.executable, "-m", "nsmagic", "run", "--", "true"], cwd=REPO)
+    assert done.returncode == 0 and leftovers(runner.pid) == []   # the next start sweeps
