@@ -83,7 +83,9 @@ def _follow(container: Run, out, err, on_sample) -> Result:
         sel.register(stdin_fd, selectors.EVENT_WRITE)
     deadline = container.started + spec.timeout if spec.timeout else None
     samples: list[Usage] = []
-    next_sample = time.monotonic()
+    # A live view wants a first point at once; without one the first sample can wait an
+    # interval (a short run then reads its counters once, at the end).
+    next_sample = time.monotonic() + (0 if on_sample else spec.interval)
     status_open, timed_out, stopped_by = True, False, None
     pidfd = None
     interrupted = None
@@ -146,11 +148,11 @@ def _follow(container: Run, out, err, on_sample) -> Result:
     container.mark("exit reported, output drained")
     for sink in sinks.values():
         sink.write(b"")
-    result = container.result()
     if container.cgroup:
         samples.append(container.cgroup.usage())
         if on_sample:
             on_sample(samples[-1], container)
+    result = container.result(samples[-1] if container.cgroup else None)
     result.samples = samples
     result.profile = container.marks   # the same list: close() adds its step later
     result.timed_out, result.stopped_by = timed_out, stopped_by

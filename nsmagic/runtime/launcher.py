@@ -306,14 +306,17 @@ class Run:
             self.exit_code = 128 + signal.SIGKILL
         return self.exit_code
 
-    def result(self) -> Result:
+    def result(self, usage: cgroups.Usage | None = None) -> Result:
+        """The result; `usage` is the group's last reading, if the caller has just taken one
+        (each costs ~0.25 ms on v1)."""
         r = Result(self.id, self.name, exit_code=self.exit_code, error=self.error,
                    memory_limit=self.spec.memory, cpus=self.spec.cpus,
                    pids_limit=self.spec.pids, limits_enforced=self.limits_enforced)
         r.wall_s = (self.ended or time.monotonic()) - self.started
         if self.cgroup:
             r.cgroup_version = self.cgroup.version
-            u = self.cgroup.usage()   # read before the group is removed: v1 keeps OOM only here
+            # read before the group is removed: v1 keeps OOM kills only here
+            u = usage or self.cgroup.usage()
             r.cpu_s = u.cpu_usec / 1e6
             r.throttled_s = u.throttled_usec / 1e6
             r.oom_kills = u.oom_kills
