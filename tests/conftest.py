@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -42,6 +43,21 @@ def leftovers(owner: int | None = None) -> list[str]:
             except OSError:
                 pass
     return found
+
+
+def processes_left(owner: int) -> list[str]:
+    return [line for line in leftovers(owner) if line.startswith("process")]
+
+
+def kill_runner(runner: subprocess.Popen, within: float) -> list[str]:
+    """SIGKILL a runner (a kernel dying) and give its containers `within` seconds to die
+    with it; returns the container processes still alive then."""
+    runner.kill()
+    runner.wait()
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and processes_left(runner.pid):
+        time.sleep(0.02)
+    return processes_left(runner.pid)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, leftovers, needs_root, run_spec
+from conftest import REPO, kill_runner, leftovers, needs_root, processes_left, run_spec
 
 from nsmagic.core import run
 from nsmagic.spec import Spec
@@ -108,17 +108,9 @@ def test_killed_runner_takes_the_container_with_it_and_the_next_start_sweeps():
             "run(Spec.from_argv('--mem 64M -- sh -c \"echo up; sleep 100\"'), out=sys.stdout)")
     runner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=REPO)
     assert runner.stdout.readline() == b"up\n"
-    mine = leftovers(runner.pid)
-    assert any(line.startswith("process") for line in mine), mine
-    runner.kill()
-    runner.wait()
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline and any(
-            line.startswith("process") for line in leftovers(runner.pid)):
-        time.sleep(0.02)
-    left = leftovers(runner.pid)
-    assert not [line for line in left if line.startswith("process")], left
-    assert left, "the dead runner's empty groups should still be there for the sweep"
+    assert processes_left(runner.pid)
+    assert kill_runner(runner, within=1.0) == []
+    assert leftovers(runner.pid), "the dead runner's empty groups should still be there"
     # the next start sweeps what the dead runner could not remove
     sweep = subprocess.run([sys.executable, "-m", "nsmagic", "run", "--", "true"], cwd=REPO)
     assert sweep.returncode == 0

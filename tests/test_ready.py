@@ -140,7 +140,7 @@ def test_a_killed_runner_takes_its_container_made_ahead_along():
     import subprocess
     import sys
 
-    from conftest import REPO, leftovers
+    from conftest import REPO, kill_runner, leftovers, processes_left
     code = ("import io, sys; from nsmagic.core import run; from nsmagic.spec import Spec; "
             "from nsmagic.runtime.spares import Spares, settle; "
             "run(Spec.from_argv('--mem 64M', script='pass'), out=io.StringIO(), "
@@ -150,13 +150,7 @@ def test_a_killed_runner_takes_its_container_made_ahead_along():
     runner = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     assert runner.stdout.readline() == "1\n"
-    assert len([line for line in leftovers(runner.pid) if line.startswith("process")]) >= 2
-    runner.kill()
-    runner.wait()
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline and any(
-            line.startswith("process") for line in leftovers(runner.pid)):
-        time.sleep(0.02)
-    assert not [line for line in leftovers(runner.pid) if line.startswith("process")]
+    assert len(processes_left(runner.pid)) >= 2   # PID 1s and the waiting interpreter
+    assert kill_runner(runner, within=2.0) == []
     done = subprocess.run([sys.executable, "-m", "nsmagic", "run", "--", "true"], cwd=REPO)
     assert done.returncode == 0 and leftovers(runner.pid) == []   # the next start sweeps
