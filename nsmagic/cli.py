@@ -1,65 +1,85 @@
-"""The shell face: `nsmagic run [options] -- COMMAND`, `nsmagic info`. Same spec, same core."""
+"""The shell face: `nsmagic run [options] -- COMMAND`, `nsmagic info`, `nsmagic ps`. Same
+spec, same core as the magic. Imports stay lazy: a cold `nsmagic run` pays only for what a
+run needs."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 from .errors import NsmagicError, SpecError
-from .spec import Spec, build_parser
+
+EXIT_SETUP = 125
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
     try:
-        if command == "run":
-            return _run(rest)
-        if command == "ps":
-            from .ps import table
-            print(table())
-            return 0
-        if command == "info":
-            from .info import gather, report
-            info = gather()
-            print(json.dumps(info) if "--json" in rest else report(info))
-            return 0
-        raise SpecError(f"{command!r} is not an nsmagic command; use `nsmagic run`, "
-                        "`nsmagic info` or `nsmagic ps`.")
+        if command not in COMMANDS:
+            raise SpecError(f"{command!r} is not an nsmagic command; use "
+                            f"{', '.join('`nsmagic ' + c + '`' for c in COMMANDS)}.")
+        return COMMANDS[command](rest)
     except NsmagicError as err:
         print(f"nsmagic: {err}", file=sys.stderr)
-        return 125
+        return EXIT_SETUP
 
 
-def _run(argv: list[str]) -> int:
-    as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
-    if as_json:
-        argv.remove("--json")
-    parser = build_parser(prog="nsmagic run", cell_options=False)
-    spec = Spec.from_args(parser.parse_args(argv))
+def run(argv: list[str]) -> int:
+    from .spec import Spec, build_parser
+    args = build_parser(prog="nsmagic run", face="cli").parse_args(argv)
+    spec = Spec.from_args(args)
     if spec.is_python_cell:   # no command: Python, with the script from stdin
         spec = spec.replace(script=sys.stdin.read())
-    from .core import run
-    from .runtime.pid1 import Zygote
-    Zygote.fork_in_process = True   # this process is small and single-threaded
+    from . import core
+    from .runtime import forkserver
+    forkserver.use_in_process()   # this process is small and single-threaded
     try:
-        result = run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
-    except KeyboardInterrupt as stop:
+        result = core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
+    except core.Interrupted as stop:
         result = stop.result
-        print(f"nsmagic: interrupted; stopped with {result.stopped_by}, nothing left behind.",
-              file=sys.stderr)
+        print(f"nsmagic: interrupted; stopped with {result.stopped_by or 'no signal'}, "
+              "nothing left behind.", file=sys.stderr)
     if spec.profile:
         print(result.profile_table(), file=sys.stderr)
-    if as_json:
+    if args.json:
+        import json
         sys.stdout.flush()
         print(json.dumps(result.to_dict()))
     elif result.error:
         print(f"nsmagic: {result.error}", file=sys.stderr)
-    return result.exit_code if result.exit_code is not None else 125
+    return result.exit_code if result.exit_code is not None else EXIT_SETUP
 
+
+def info(argv: list[str]) -> int:
+    parser = _parser("nsmagic info", "what this machine can do")
+    parser.add_argument("--json", action="store_true", help="print it as JSON")
+    args = parser.parse_args(argv)
+    from .info import gather, report
+    facts = gather()
+    if args.json:
+        import json
+        print(json.dumps(facts))
+    else:
+        print(report(facts))
+    return 0
+
+
+def ps(argv: list[str]) -> int:
+    _parser("nsmagic ps", "every running nsmagic container on this machine").parse_args(argv)
+    from .ps import table
+    print(table())
+    return 0
+
+
+def _parser(prog: str, description: str):
+    from .spec import OptionParser
+    return OptionParser(prog=prog, description=description)
+
+
+COMMANDS = {"run": run, "info": info, "ps": ps}
 
 USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
        nsmagic info [--json]
@@ -73,7 +93,7 @@ ps      every running nsmagic container on this machine (any notebook's or shell
 
 options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N --hostname NAME
         --network none|host --rootfs DIR -v SRC:DST[:ro] -e K=V -w DIR --read-only
-        --user UID[:GID] --timeout SECONDS --name NAME --strict
+        --user UID[:GID] --timeout SECONDS --name NAME --strict --profile
 """
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import zlib
 
 from .monitor import MiB, Series
 
-__all__ = ["LiveView", "Plot", "WIDGETS", "FRAME_PERIOD", "summary_rows"]
+__all__ = ["LiveView", "Plot", "WIDGETS", "FRAME_PERIOD", "summary_bundle"]
 
 WIDGETS: bool | None = None     # default of LiveView(widgets=None); None: auto
 FRAME_PERIOD = 0.22             # seconds between frames at least: about 4 Hz, whatever the sampling
@@ -267,25 +267,10 @@ def stats_line(series: Series) -> str:
 
 
 def final_line(result) -> str:
-    """The header of the last frame: what the run did, not its last sample."""
-    parts = [f"exit {result.exit_code}"
-             + (f" ({_signal_name(result.signal)})" if result.signal else ""),
-             f"{result.wall_s:.1f} s", f"CPU {result.cpu_s:.2f} s"]
-    if result.throttled_s:
-        parts.append(f"throttled {result.throttled_s:.2f} s")
-    parts.append(f"peak {_size(result.memory_peak)}"
-                 + (f" of {_size(result.memory_limit)}" if result.memory_limit else ""))
-    if result.pids_peak is not None:
-        parts.append(f"pids peak {result.pids_peak}")
-    return "  ·  ".join(parts)
-
-
-def _signal_name(number: int) -> str:
-    import signal
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+    """The header of the last frame: what the run did, not its last sample (an OOM kill is
+    drawn apart, in red)."""
+    from .result import rows
+    return "  ·  ".join(row.phrase for row in rows(result) if row.label != "OOM kills")
 
 
 def _size(n) -> str:
@@ -293,46 +278,18 @@ def _size(n) -> str:
     return format_size(n)
 
 
-def summary_rows(result) -> list[tuple[str, str]]:
-    """The summary table: (what, value) rows from a runtime Result."""
-    rows = [("exit code", str(result.exit_code)
-             + (" (OOM killed)" if result.oom_killed else ""))]
-    rows.append(("wall time", f"{result.wall_s:.2f} s"))
-    cpu = f"{result.cpu_s:.2f} s"
-    if result.wall_s > 0:
-        cpu += f" ({result.cpu_s / result.wall_s * 100:.0f} % of one core)"
-    rows.append(("CPU time", cpu))
-    if result.cpus or result.throttled_s:
-        rows.append(("throttled", f"{result.throttled_s:.2f} s"
-                     + (f" (--cpus {result.cpus:g})" if result.cpus else "")))
-    rows.append(("memory peak", _size(result.memory_peak)
-                 + (f" of {_size(result.memory_limit)}" if result.memory_limit else "")))
-    rows.append(("OOM kills", str(result.oom_kills)))
-    if result.pids_peak is not None:
-        rows.append(("pids peak", str(result.pids_peak)
-                     + (f" of {result.pids_limit}" if getattr(result, "pids_limit", None)
-                        else "")))
-    if getattr(result, "timed_out", False):
-        rows.append(("stopped", "timed out"))
-    elif getattr(result, "interrupted", False):
-        rows.append(("stopped", f"interrupted ({result.stopped_by})"))
-    if not getattr(result, "limits_enforced", True):
-        rows.append(("limits", "NOT enforced"))
-    return rows
-
-
 def summary_bundle(result, name: str = "") -> dict:
-    """text/html table + a text/plain table of the same rows."""
-    rows = summary_rows(result)
-    width = max(len(k) for k, _ in rows)
-    plain = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-    bad = result.oom_killed or result.exit_code not in (0, None)
+    """text/html table + a text/plain table of the same rows (result.rows)."""
+    from .result import rows as result_rows
+    rows = result_rows(result)
+    width = max(len(row.label) for row in rows)
+    plain = "\n".join(f"{row.label:<{width}}  {row.value}" for row in rows)
     cells = "".join(
         f"<tr><th style='text-align:left;padding:1px 12px 1px 0;font-weight:normal;"
-        f"color:#555'>{html.escape(k)}</th><td style='text-align:left;padding:1px 0;"
-        f"{'color:#d62728;font-weight:bold' if bad and k in ('exit code', 'OOM kills') else ''}"
-        f"'>{html.escape(v)}</td></tr>" for k, v in rows)
-    caption = html.escape(name or getattr(result, "name", "") or "container")
+        f"color:#555'>{html.escape(row.label)}</th><td style='text-align:left;padding:1px 0;"
+        f"{'color:#d62728;font-weight:bold' if row.alert else ''}"
+        f"'>{html.escape(row.value)}</td></tr>" for row in rows)
+    caption = html.escape(name or result.name or "container")
     table = (f"<table class='nsmagic-summary' style='font-size:12px;border-collapse:collapse'>"
              f"<caption style='text-align:left;font-weight:bold;padding-bottom:2px'>"
              f"{caption}</caption>{cells}</table>")

@@ -3,6 +3,7 @@ made in a child process, not from reading configuration files."""
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import platform
@@ -10,10 +11,10 @@ import subprocess
 import sys
 
 from .cgroups import detect
-from .runtime.launcher import PACKAGE_PARENT
 
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE_CODE = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
-              "from nsmagic.runtime.probe import probe; json.dump(probe(), sys.stdout)")
+              "from nsmagic.inside.probe import probe; json.dump(probe(), sys.stdout)")
 
 FIXES = {
     "user": "allow unprivileged user namespaces (sysctl -w kernel.unprivileged_userns_clone=1 "
@@ -63,24 +64,38 @@ def _cgroup_report(layout) -> dict:
             "v2_controllers": layout.v2_controllers()}
 
 
-def _mode(info: dict) -> tuple[str, list[str]]:
+class Mode(str, enum.Enum):
+    """What nsmagic can do on this host, best first."""
+    FULL = "full"                              # root: everything
+    ROOTLESS = "rootless"                      # user namespace, limits through delegation
+    ROOTLESS_NO_LIMITS = "rootless-no-limits"  # user namespace, no cgroup to limit
+    UNAVAILABLE = "unavailable"                # no namespaces at all (Binder, a locked pod)
+
+
+MODE_TEXT = {
+    Mode.FULL: "full: root, all namespaces, cgroup limits, overlay root",
+    Mode.ROOTLESS: "rootless: user namespace, cgroup limits through a delegated subtree",
+    Mode.ROOTLESS_NO_LIMITS: "rootless: user namespace, NO cgroup limits (no delegated cgroup)",
+    Mode.UNAVAILABLE: "unavailable: namespaces cannot be created here",
+}
+
+
+def _mode(info: dict) -> tuple[Mode, list[str]]:
     ns, missing = info["namespaces"], []
     failed = [n for n, e in ns.items() if e is not None]
     limits_ok = all(v == "yes" for k, v in info["cgroup"]["controllers"].items()
                     if k in ("memory", "cpu", "pids"))
     if info["root"]:
-        mode = "full: root, all namespaces, cgroup limits, overlay root"
+        mode = Mode.FULL
     elif ns.get("user") is None and not failed:
-        mode = ("rootless: user namespace" +
-                (", cgroup limits through a delegated subtree" if limits_ok else
-                 ", NO cgroup limits (no delegated cgroup)"))
-        if not limits_ok:
-            missing.append(f"cgroup limits: {FIXES['cgroup']}.")
+        mode = Mode.ROOTLESS if limits_ok else Mode.ROOTLESS_NO_LIMITS
     else:
-        mode = "unavailable: namespaces cannot be created here"
+        mode = Mode.UNAVAILABLE
         missing.append(f"namespaces ({', '.join(failed)}): {FIXES['blocked']}; "
                        f"or {FIXES['user']}.")
-    if info.get("overlay") and not mode.startswith("unavailable"):  # else it failed on unshare
+    if mode is Mode.ROOTLESS_NO_LIMITS:
+        missing.append(f"cgroup limits: {FIXES['cgroup']}.")
+    if info.get("overlay") and mode is not Mode.UNAVAILABLE:  # else it failed on unshare
         missing.append(f"overlayfs ({info['overlay']}): {FIXES['overlay']}.")
     if info["root"] and not limits_ok:
         missing.append("cgroup controllers memory, cpu and pids: mount them (cgroup v2 at "
@@ -94,7 +109,7 @@ def report(info: dict) -> str:
     lines = [
         f"Kernel:            {info['kernel']}",
         f"Running as root:   {'yes' if info['root'] else 'no'}",
-        f"Mode:              {info['mode']}",
+        f"Mode:              {MODE_TEXT[Mode(info['mode'])]}",
         f"Cgroup layout:     {info['cgroup_layout']}"
         + (f" (cgroup2 at {cg['v2_mount']} with: {' '.join(cg['v2_controllers']) or 'none'})"
            if cg["v2_mount"] else ""),
@@ -118,10 +133,11 @@ def report(info: dict) -> str:
 def unavailable_reason(info: dict, spec) -> str | None:
     """The one sentence a cell gets where this host cannot run it (Binder, a locked pod), or
     where --strict limits cannot be enforced; None where it can run."""
-    if info["mode"].startswith("unavailable"):
+    mode = Mode(info["mode"])
+    if mode is Mode.UNAVAILABLE:
         return f"%%container cannot run on this host: {info['missing'][0]}"
     wants_limits = any(v is not None for v in (spec.memory, spec.cpus, spec.pids))
-    if spec.strict and wants_limits and "NO cgroup limits" in info["mode"]:
-        line = next(m for m in info["missing"] if m.startswith("cgroup limits"))
-        return f"%%container cannot enforce --mem, --cpus or --pids on this host: {line}"
+    if spec.strict and wants_limits and mode is Mode.ROOTLESS_NO_LIMITS:
+        return ("%%container cannot enforce --mem, --cpus or --pids on this host: cgroup "
+                f"limits: {FIXES['cgroup']}.")
     return None

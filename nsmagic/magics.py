@@ -3,7 +3,6 @@ core.run, show. All logic lives in spec, core and the runtime, shared with the C
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import time
@@ -67,45 +66,25 @@ class ContainerMagics(Magics):
     def container(self, line, cell=None):
         if cell is None:
             return self._subcommand(line)
-        try:
-            spec = Spec.from_argv(line, script=cell,
-                                  parser=build_parser(_MagicParser, "%%container"))
-        except SpecError as err:
-            raise UsageError(str(err)) from None
+        spec = self._spec(line, cell)
         if self.when_unavailable == "explain" and not spec.unconfined:
             reason = self._unavailable(spec)
             if reason:
-                print(reason)
-                self.shell.user_ns["_container"] = None
-                for var in (spec.out_var, spec.err_var):
-                    if var:
-                        self.shell.user_ns[var] = ""
-                return
-        if not self.plot:
-            spec = spec.replace(plot=False)
-        if "--interval" not in line:
-            spec = spec.replace(interval=self.interval)
-        out = io.StringIO() if spec.out_var else sys.stdout
-        err = io.StringIO() if spec.err_var else sys.stderr
+                return self._explain(reason, spec)
         view = self._live_view(spec) if spec.plot and _in_kernel() else None
         try:
-            result = core.run(spec, out=out, err=err, on_sample=view.update if view else None)
-        except KeyboardInterrupt as stop:
-            result = getattr(stop, "result", None)
-            if view and result:
-                view.finish(result)
-            how = result.stopped_by if result else "SIGKILL"
-            print(f"Container was interrupted (stopped with {how}); "
-                  "every process in it is gone and its cgroup removed.", file=sys.stderr)
+            result = core.run(spec, out=sys.stdout, err=sys.stderr,
+                              on_sample=view.update if view else None)
+        except core.Interrupted as stop:
+            self._keep(stop.result, spec)
+            if view:
+                view.finish(stop.result)
+            how = stop.result.stopped_by
+            print("Container was interrupted" + (f" (stopped with {how})" if how else
+                                                  " before it started")
+                  + "; every process in it is gone and its cgroup removed.", file=sys.stderr)
             raise
-        finally:
-            if spec.out_var:
-                self.shell.user_ns[spec.out_var] = out.getvalue()
-            if spec.err_var:
-                self.shell.user_ns[spec.err_var] = err.getvalue()
-        result.stdout = out.getvalue() if spec.out_var else None
-        result.stderr = err.getvalue() if spec.err_var else None
-        self.shell.user_ns["_container"] = result
+        self._keep(result, spec)
         if view:
             view.finish(result)
         else:
@@ -114,6 +93,30 @@ class ContainerMagics(Magics):
             print(result.profile_table())
         if result.exit_code != 0 and spec.raise_error:
             raise ContainerError(result, cell)
+
+    def _spec(self, line: str, cell: str) -> Spec:
+        """The cell's options; what it does not say comes from %config."""
+        try:
+            spec = Spec.from_argv(line, script=cell, parser=build_parser(_MagicParser))
+        except SpecError as err:
+            raise UsageError(str(err)) from None
+        return spec.replace(plot=self.plot if spec.plot is None else spec.plot,
+                            interval=self.interval if spec.interval is None else spec.interval)
+
+    def _keep(self, result, spec) -> None:
+        """The result in `_container`, captured output in --out/--err's variables."""
+        self.shell.user_ns["_container"] = result
+        if spec.out_var:
+            self.shell.user_ns[spec.out_var] = result.stdout or ""
+        if spec.err_var:
+            self.shell.user_ns[spec.err_var] = result.stderr or ""
+
+    def _explain(self, reason: str, spec) -> None:
+        print(reason)
+        self.shell.user_ns["_container"] = None
+        for var in (spec.out_var, spec.err_var):
+            if var:
+                self.shell.user_ns[var] = ""
 
     def _unavailable(self, spec):
         from .info import gather, unavailable_reason
@@ -177,7 +180,7 @@ class ContainerMagics(Magics):
             print("no nsmagic container is running on this machine.")
 
 
-HELP = build_parser(_MagicParser, "%%container").format_help() + """
+HELP = build_parser(_MagicParser).format_help() + """
 Line magic:
   %container info     what this machine can do (kernel, cgroups, namespaces, overlayfs)
   %container ps       every running nsmagic container on this machine, like `docker ps`

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .errors import SpecError
 
 NETWORKS = ("none", "host")
+DEFAULT_INTERVAL = 0.25   # seconds between samples of the cgroup counters
 # Spec fields that shape one run's handling, not its container (see Spec.container_part).
 PER_RUN = ("script", "timeout", "raise_error", "strict", "name", "out_var", "err_var", "plot",
            "interval", "profile")
@@ -75,9 +76,9 @@ class Spec:
     name: str | None = None
     out_var: str | None = None           # --out VAR / --err VAR, as %%script
     err_var: str | None = None
-    plot: bool = True
-    interval: float = 0.25               # seconds between samples of the cgroup counters
-    rootless: bool | None = None         # None: decided by the euid
+    # None: not given, so the magic's %config (ContainerMagics.plot, .interval) decides
+    plot: bool | None = None
+    interval: float | None = None        # seconds between samples of the cgroup counters
     unconfined: bool = False             # no namespaces, no overlay: where the host forbids them
     profile: bool = False                # time every step of the run (teaching, benchmarks)
 
@@ -93,6 +94,10 @@ class Spec:
     @property
     def is_python_cell(self) -> bool:
         return not self.command
+
+    @property
+    def sample_interval(self) -> float:
+        return self.interval if self.interval is not None else DEFAULT_INTERVAL
 
     @classmethod
     def from_argv(cls, argv: list[str] | str, script: str | None = None,
@@ -126,15 +131,15 @@ class Spec:
             read_only=args.read_only,
             user=_parse_user(args.user),
             timeout=args.timeout,
-            raise_error=not args.no_raise_error,
+            raise_error=not getattr(args, "no_raise_error", False),
             strict=args.strict,
             unconfined=args.unconfined,
             profile=args.profile,
             name=args.name,
             out_var=getattr(args, "out", None),
             err_var=getattr(args, "err", None),
-            plot=not getattr(args, "no_plot", False),
-            interval=getattr(args, "interval", None) or 0.25,
+            plot=False if getattr(args, "no_plot", False) else None,
+            interval=getattr(args, "interval", None),
         )
         validate(spec)
         return spec
@@ -244,7 +249,7 @@ def _check_timeout(spec: Spec):
 
 
 def _check_interval(spec: Spec):
-    if not 0.02 <= spec.interval <= 60:
+    if spec.interval is not None and not 0.02 <= spec.interval <= 60:
         raise SpecError(f"--interval {spec.interval} must be between 0.02 and 60 seconds.")
 
 
@@ -289,13 +294,21 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=width)
 
 
+DESCRIPTIONS = {
+    "cell": "Run the cell (or COMMAND with the cell as its script) in fresh Linux namespaces "
+            "under cgroup limits, on an overlay root.",
+    "cli": "Run COMMAND (no COMMAND: Python, reading the script from stdin) in fresh Linux "
+           "namespaces under cgroup limits, on an overlay root; exit with its status.",
+}
+
+
 @functools.lru_cache(maxsize=None)   # built once: ~0.4 ms, paid by every cell otherwise
 def build_parser(parser_class=OptionParser, prog="%%container",
-                 cell_options: bool = True) -> argparse.ArgumentParser:
-    """The one option set, Docker's flag names where the concept is the same."""
+                 face: str = "cell") -> argparse.ArgumentParser:
+    """The one option set, Docker's flag names where the concept is the same. `face` is
+    "cell" (the magic: capture and plot options) or "cli" (nsmagic run: --json)."""
     p = parser_class(prog=prog, add_help=False, formatter_class=_Formatter,
-                     description="Run the cell (or COMMAND with the cell as its script) "
-                                 "in fresh Linux namespaces under cgroup limits.")
+                     description=DESCRIPTIONS[face])
     p.add_argument("-m", "--mem", "--memory", dest="memory", metavar="SIZE",
                    help="memory limit, e.g. 100M, 1.5G (swap held at 0)")
     p.add_argument("--cpus", metavar="N", help="CPU quota in cores, e.g. 0.5")
@@ -317,8 +330,9 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     p.add_argument("--timeout", type=_float_arg("--timeout"), metavar="SECONDS",
                    help="kill the container after this long")
     p.add_argument("--name", metavar="NAME", help="a name for the run")
-    p.add_argument("--no-raise-error", action="store_true",
-                   help="do not raise CalledProcessError on a non-zero exit")
+    if face == "cell":
+        p.add_argument("--no-raise-error", action="store_true",
+                       help="do not raise ContainerError when the program exits non-zero")
     p.add_argument("--strict", action="store_true",
                    help="fail instead of running when a limit cannot be enforced")
     p.add_argument("--profile", action="store_true",
@@ -327,7 +341,10 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     p.add_argument("--unconfined", action="store_true",
                    help="no namespaces and no overlay (for hosts that forbid them): "
                         "writes reach the host")
-    if cell_options:
+    if face == "cli":
+        p.add_argument("--json", action="store_true",
+                       help="print the result as one JSON object on the last line of stdout")
+    if face == "cell":
         p.add_argument("--out", metavar="VAR", help="store stdout in this variable")
         p.add_argument("--err", metavar="VAR", help="store stderr in this variable")
         p.add_argument("--no-plot", action="store_true", help="no live plot")

@@ -26,7 +26,7 @@ def leftovers(owner: int | None = None) -> list[str]:
     nsmagic-<owner pid>-<id>), host mounts, processes in such groups. Other processes' runs
     (a notebook open meanwhile) are not ours to judge, nor is this process's ready spare
     (a PID 1 kept waiting for the next run, by design)."""
-    from nsmagic.runtime.spares import settle
+    from nsmagic.core import settle
     spares = settle() if owner is None else set()
     mine = f"nsmagic-{owner or os.getpid()}-"
     found = [d for d in glob.glob("/sys/fs/cgroup/**/" + mine + "*", recursive=True)

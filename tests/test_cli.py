@@ -113,7 +113,7 @@ def test_a_runners_spares_are_no_containers_and_go_when_the_runner_exits(what, s
     must not list it, and a runner that exits normally takes it along."""
     from conftest import leftovers
     code = ("import io, sys; from nsmagic.core import run; from nsmagic.spec import Spec; "
-            "from nsmagic.runtime.spares import settle; "
+            "from nsmagic.core import settle; "
             f"run({what}); print(sorted(settle()), flush=True); "
             "sys.stdin.readline()")
     runner = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,

@@ -12,8 +12,8 @@ import time
 import pytest
 from conftest import run_spec
 
-from nsmagic.core import run
-from nsmagic.runtime.spares import Spares, settle
+from nsmagic.core import run, settle
+from nsmagic.runtime.spares import Spares
 from nsmagic.spec import Spec
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
@@ -125,11 +125,11 @@ def test_a_fork_of_the_runner_does_not_hold_a_cell_up():
 def test_a_container_whose_interpreter_died_while_it_waited_is_not_used():
     cell("-h died", "pass")
     spare = ready_spare()
-    interpreter = [pid for pid in spare.cgroup.pids() if pid != spare.pid]
+    interpreter = [pid for pid in spare.cgroup.pids() if pid != spare.pid1.pid]
     assert len(interpreter) == 1
     os.kill(interpreter[0], signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while spare.alive() and time.monotonic() < deadline:   # its PID 1 goes with it
+    while spare.pid1.running() and time.monotonic() < deadline:   # its PID 1 goes with it
         time.sleep(0.01)
     got, ahead = cell("-h died", "print('fresh')")
     assert not ahead and got.out == "fresh\n", got
@@ -142,7 +142,7 @@ def test_a_killed_runner_takes_its_container_made_ahead_along():
 
     from conftest import REPO, kill_runner, leftovers, processes_left
     code = ("import io, sys; from nsmagic.core import run; from nsmagic.spec import Spec; "
-            "from nsmagic.runtime.spares import Spares, settle; "
+            "from nsmagic.core import settle; from nsmagic.runtime.spares import Spares; "
             "run(Spec.from_argv('--mem 64M', script='pass'), out=io.StringIO(), "
             "err=io.StringIO()); settle(); "
             "print(sum(k.ready is not None for k in Spares._ready), flush=True); "

@@ -96,6 +96,6 @@ def test_cgroup_layout_parsing(tmp_path):
 def test_owner_pid_of_group_names():
     from nsmagic.cgroups import owner_pid
     assert owner_pid("nsmagic-123-abcdef") == 123
-    assert owner_pid("nsmagic-runner-77") == 77
+    assert owner_pid("nsmagic-leaf") is None       # a delegated group's own processes
     assert owner_pid("nsmagic-x") is None
     assert os.getpid() == owner_pid(f"nsmagic-{os.getpid()}-0")

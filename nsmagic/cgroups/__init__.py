@@ -10,7 +10,7 @@ from ..errors import CgroupError
 from .base import PREFIX, Cgroup, Limits, Usage, remove_dir
 from .layout import Layout, detect
 from .v1 import CgroupV1
-from .v2 import RUNNER_LEAF, CgroupV2
+from .v2 import LEAF, CgroupV2
 
 __all__ = ["Cgroup", "Layout", "Limits", "Usage", "detect", "group_name", "open_cgroup",
            "owner_pid", "running", "sweep"]
@@ -23,8 +23,10 @@ def group_name(run_id: str) -> str:
 
 
 def owner_pid(name: str) -> int | None:
-    rest = name[len(RUNNER_LEAF):] if name.startswith(RUNNER_LEAF) else name[len(PREFIX):]
-    head = rest.split("-")[0]
+    """The runner pid in a run's group name; None for anything else (the leaf, say)."""
+    if not name.startswith(PREFIX):
+        return None
+    head = name[len(PREFIX):].split("-")[0]
     return int(head) if head.isdigit() else None
 
 
@@ -101,7 +103,7 @@ def running(layout: Layout | None = None) -> list[Cgroup]:
     if layout.kind == "v2":
         for path in glob.glob(os.path.join(layout.v2_mount, "**", PREFIX + "*"), recursive=True):
             name = os.path.basename(path)
-            if not name.startswith(RUNNER_LEAF) and os.path.isdir(path):
+            if name != LEAF and os.path.isdir(path):
                 found.setdefault(name, {})["unified"] = path
         return [CgroupV2.attach(name, dirs["unified"], layout) for name, dirs in
                 sorted(found.items())]

@@ -8,6 +8,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from ..config import CgroupMount
 from ..errors import CgroupError
 
 PREFIX = "nsmagic-"
@@ -20,7 +21,6 @@ class Usage:
     time: float                      # time.monotonic() when read
     cpu_usec: int = 0                # CPU time used by all processes of the group
     throttled_usec: int = 0          # time the CPU quota held the group back
-    nr_throttled: int = 0
     memory_current: int = 0          # memory charged to the group, page cache included
     memory_peak: int | None = None   # kernel's own high-water mark, where the kernel keeps one
     inactive_file: int = 0           # reclaimable cache: current - inactive_file = working set
@@ -92,6 +92,16 @@ class Cgroup(ABC):
     def directories(self) -> list[str]: ...
 
     @abstractmethod
+    def clone_into(self) -> str | None:
+        """The directory a process can be cloned straight into (v2), or None (v1: a new
+        process joins by writing procs_files())."""
+
+    @abstractmethod
+    def mounts_inside(self) -> tuple[CgroupMount, ...]:
+        """What the run's PID 1 mounts at /sys/fs/cgroup: the hierarchies the run is in,
+        each seen from the run's own group (its cgroup namespace)."""
+
+    @abstractmethod
     def read_limits(self) -> Limits:
         """The limits as the kernel holds them (for groups this process did not make)."""
 
@@ -150,7 +160,10 @@ def read_limit(path: str, unlimited_above: int = 1 << 62) -> int | None:
         return None
     if not text or text[0] in ("max", "-1"):
         return None
-    value = int(text[0])
+    try:
+        value = int(text[0])
+    except ValueError:
+        raise CgroupError(f"cannot read the limit in {path}: {text[0]!r} is not a number.")
     return None if value >= unlimited_above else value
 
 

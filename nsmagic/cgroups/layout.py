@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-WANTED_V1 = ("memory", "cpu", "cpuacct", "pids", "freezer")
+WANTED_V1 = ("memory", "cpu", "cpuacct", "pids")
 WANTED_V2 = ("memory", "cpu", "pids")
 
 

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 
+from ..config import CgroupMount
 from ..errors import CgroupError
 from .base import (
     CPU_PERIOD_USEC,
@@ -32,6 +33,7 @@ class CgroupV1(Cgroup):
 
     def __init__(self, name: str, limits: Limits, layout: Layout):
         super().__init__(name, limits)
+        self.layout = layout
         self.dirs: dict[str, str] = {}
         wanted = ["memory", "cpuacct", "pids"] + (["cpu"] if limits.cpus is not None else [])
         for controller in wanted:
@@ -47,6 +49,7 @@ class CgroupV1(Cgroup):
         """A handle on an existing group (another runner's), to read it."""
         cg = cls.__new__(cls)
         Cgroup.__init__(cg, name, Limits())
+        cg.layout = None
         cg.dirs = dict(dirs)
         cg.limits = cg.read_limits()
         return cg
@@ -62,6 +65,20 @@ class CgroupV1(Cgroup):
 
     def directories(self) -> list[str]:
         return sorted(set(self.dirs.values()))   # cpu and cpuacct may share one mount
+
+    def clone_into(self) -> str | None:
+        return None
+
+    def mounts_inside(self) -> tuple[CgroupMount, ...]:
+        """Only the hierarchies the run joined: another would show the host's whole tree."""
+        mounts = self.layout.v1_mounts
+        joined = {mounts[c] for c in self.dirs if c in mounts}
+        by_point: dict[str, list[str]] = {}
+        for controller, point in mounts.items():
+            if not controller.startswith("name=") and point in joined:
+                by_point.setdefault(point, []).append(controller)
+        return tuple(CgroupMount("cgroup", os.path.basename(p), ",".join(c))
+                     for p, c in sorted(by_point.items()))
 
     def make(self) -> None:
         for path in self.directories():
@@ -110,7 +127,6 @@ class CgroupV1(Cgroup):
             u.cpu_usec = (read_int(self._read(f"{d['cpuacct']}/cpuacct.usage")) or 0) // 1000
         if "cpu" in d:
             stat = read_keyed(self._read(f"{d['cpu']}/cpu.stat"))
-            u.nr_throttled = stat.get("nr_throttled", 0)
             u.throttled_usec = stat.get("throttled_time", 0) // 1000
         # --- pids
         if "pids" in d:

@@ -1,6 +1,7 @@
 """cgroup v2 backend: one unified directory per run. As root, runs live under a top-level
-`nsmagic` group; as a user with a delegated subtree, under the caller's own group, after
-moving the caller to a leaf (a group with controllers enabled may not hold processes)."""
+`nsmagic` group; as a user with a delegated subtree, under the caller's own group, once the
+processes of that group are moved to a leaf (a group that hands controllers to its children
+may not hold processes itself: cgroup v2's "no internal processes" rule)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import time
 
+from ..config import CgroupMount
 from ..errors import CgroupError
 from .base import (
     CPU_PERIOD_USEC,
@@ -22,7 +24,9 @@ from .base import (
 )
 from .layout import WANTED_V2, Layout
 
-RUNNER_LEAF = "nsmagic-runner-"
+# The leaf a delegated group's own processes move to (the runner, and whatever else the
+# group held: a Jupyter server, other kernels). Never swept: it holds live processes.
+LEAF = "nsmagic-leaf"
 
 
 def run_parent(layout: Layout) -> str:
@@ -35,15 +39,15 @@ def run_parent(layout: Layout) -> str:
         _enable(parent, layout.v2_controllers())
         return parent
     own = layout.v2_dir()
-    if os.path.basename(own).startswith(RUNNER_LEAF):
+    if os.path.basename(own) == LEAF:
         return os.path.dirname(own)
     if not os.access(os.path.join(own, "cgroup.subtree_control"), os.W_OK):
         raise CgroupError(f"the cgroup {own} is not delegated to this user; run as root, or start "
                           "the kernel in a delegated scope (systemd-run --user --scope -p "
                           "Delegate=yes ...).")
-    leaf = os.path.join(own, f"{RUNNER_LEAF}{os.getpid()}")
+    leaf = os.path.join(own, LEAF)
     make_dir(leaf)
-    for pid in open(os.path.join(own, "cgroup.procs")).read().split():
+    for pid in _read_words(os.path.join(own, "cgroup.procs")):
         try:
             write(os.path.join(leaf, "cgroup.procs"), pid)
         except CgroupError:
@@ -52,17 +56,21 @@ def run_parent(layout: Layout) -> str:
     return own
 
 
-def _available(path: str) -> list[str]:
+def _read_words(path: str) -> list[str]:
     try:
-        with open(os.path.join(path, "cgroup.controllers")) as f:
+        with open(path) as f:
             return f.read().split()
     except OSError:
         return []
 
 
+def _available(path: str) -> list[str]:
+    return _read_words(os.path.join(path, "cgroup.controllers"))
+
+
 def _enable(path: str, available: list[str]) -> None:
     wanted = [c for c in WANTED_V2 if c in available]
-    current = open(os.path.join(path, "cgroup.subtree_control")).read().split()
+    current = _read_words(os.path.join(path, "cgroup.subtree_control"))
     missing = [c for c in wanted if c not in current]
     if missing:
         write(os.path.join(path, "cgroup.subtree_control"), " ".join("+" + c for c in missing))
@@ -86,14 +94,23 @@ class CgroupV2(Cgroup):
         return cg
 
     def read_limits(self) -> Limits:
-        cpu = open(f"{self.dir}/cpu.max").read().split() if os.path.exists(
-            f"{self.dir}/cpu.max") else ["max"]
-        return Limits(memory=read_limit(f"{self.dir}/memory.max"),
-                      cpus=int(cpu[0]) / int(cpu[1]) if cpu[0] != "max" else None,
+        quota, period = (_read_words(f"{self.dir}/cpu.max") + ["max", "100000"])[:2]
+        try:
+            cpus = int(quota) / int(period) if quota != "max" else None
+        except (ValueError, ZeroDivisionError):
+            raise CgroupError(f"cannot read the limit in {self.dir}/cpu.max: "
+                              f"{quota} {period!r} is not a quota and a period.")
+        return Limits(memory=read_limit(f"{self.dir}/memory.max"), cpus=cpus,
                       pids=read_limit(f"{self.dir}/pids.max"))
 
     def directories(self) -> list[str]:
         return [self.dir] if self.dir else []
+
+    def clone_into(self) -> str | None:
+        return self.dir
+
+    def mounts_inside(self) -> tuple[CgroupMount, ...]:
+        return (CgroupMount("cgroup2", "", ""),)
 
     def make(self) -> None:
         self.parent = run_parent(self.layout)
@@ -135,7 +152,6 @@ class CgroupV2(Cgroup):
         # --- cpu
         stat = read_keyed(self._read(f"{d}/cpu.stat"))
         u.cpu_usec = stat.get("usage_usec", 0)
-        u.nr_throttled = stat.get("nr_throttled", 0)
         u.throttled_usec = stat.get("throttled_usec", 0)
         # --- pids
         u.pids_current = read_int(self._read(f"{d}/pids.current")) or 0
@@ -169,6 +185,8 @@ class CgroupV2(Cgroup):
                     pass
             write(f"{self.dir}/cgroup.freeze", "0")
             time.sleep(0.005)
+        raise CgroupError(f"cannot kill the processes of {self.dir}: they kept coming back "
+                          "while frozen and killed 100 times.")
 
     def destroy(self) -> None:
         super().destroy()

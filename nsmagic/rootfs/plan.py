@@ -1,11 +1,12 @@
 """What the container's root is made of: read-only lower layers, a fresh upper layer per run,
-the Python environment and volumes. plan() runs in the parent; mounts.py runs in the child."""
+the Python environment and volumes. plan() runs in the runner; inside/root.py builds it."""
 
 from __future__ import annotations
 
 import os
 import sys
 
+from ..config import Bind, Dir, Layer, Link, RootPlan
 from ..spec import Spec
 
 # The host's system directories: the default image. Never /home, /root, /tmp, /srv, /mnt or
@@ -34,32 +35,25 @@ def python_prefixes() -> list[str]:
     return sorted(set(found))
 
 
-def plan(spec: Spec) -> dict:
-    """A JSON-able description of the root for the child to build (see mounts.build_root)."""
+def plan(spec: Spec) -> RootPlan:
+    """What the root is made of, for PID 1 to build (see inside/root.build)."""
     layers, links, binds = [], [], []
     if spec.rootfs:
-        layers.append({"source": os.path.abspath(spec.rootfs), "target": "/"})
+        layers.append(Layer(os.path.abspath(spec.rootfs), "/"))
     else:
         for top in HOST_TOP_LINKS:
             path = "/" + top
             if os.path.islink(path):
-                links.append({"path": top, "text": os.readlink(path)})
+                links.append(Link(top, os.readlink(path)))
             elif os.path.isdir(path):
-                layers.append({"source": path, "target": path})
+                layers.append(Layer(path, path))
         for sub in HOST_LAYERS:
             if os.path.isdir("/" + sub):
-                layers.append({"source": "/" + sub, "target": "/" + sub})
+                layers.append(Layer("/" + sub, "/" + sub))
         if spec.is_python_cell:
             for prefix in python_prefixes():
-                binds.append({"source": prefix, "target": prefix, "read_only": True,
-                              "is_dir": True})
+                binds.append(Bind(prefix, prefix, read_only=True, is_dir=True))
     for v in spec.volumes:
-        binds.append({"source": v.source, "target": v.target, "read_only": v.read_only,
-                      "is_dir": os.path.isdir(v.source)})
-    return {
-        "layers": layers,
-        "links": links,
-        "dirs": {} if spec.rootfs else EMPTY_DIRS,
-        "binds": binds,
-        "read_only": spec.read_only,
-    }
+        binds.append(Bind(v.source, v.target, v.read_only, os.path.isdir(v.source)))
+    dirs = () if spec.rootfs else tuple(Dir(path, mode) for path, mode in EMPTY_DIRS.items())
+    return RootPlan(tuple(layers), tuple(links), dirs, tuple(binds), spec.read_only)

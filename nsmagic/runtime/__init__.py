@@ -1,2 +1,4 @@
-"""A run, from the runner's side (launcher.py; pid1.py, spares.py) and from inside (child.py,
-in the PID 1 that the fork server, zygote.py, clones)."""
+"""A run, from the runner's side (the notebook kernel or the CLI process): forkserver.py
+gets a PID 1, launcher.py hands it its run (runconfig.py), follow.py streams it to its end,
+teardown.py removes what is left off the run's path, spares.py makes the next PID 1 ahead.
+What runs inside the container's processes is in nsmagic/inside/."""

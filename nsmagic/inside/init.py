@@ -1,0 +1,216 @@
+"""PID 1 of a run: cloned straight into its namespaces by the fork server (zygote.py) or,
+for the CLI, by the runner itself; never a fork of the notebook kernel.
+
+Phase 1, possibly long before its run (a spare): fds in place, tie its life to its parent's,
+map the user, join the cgroup, wait on the control socket.
+Phase 2, the run: build the root (root.py, kernelfs.py), pivot into it, then workload.py
+drops PID 1's own privileges to the workload's, spawns it, forwards signals and reaps.
+A ready spare (a Python cell's container made ahead) does phase 2 at once, up to an
+interpreter that waits for the cell on its stdin, then waits for "go".
+
+Messages go to the runner as JSON lines on the status fd. Only the stdlib is imported here.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import time
+
+from .. import config
+from ..config import BootConfig, RunConfig
+from ..errors import SetupError
+from . import kernelfs, linux, root, workload
+
+EXIT_SETUP = 125
+# PID 1's fds while it waits for its run: 0-2 a ready spare's stdio, then these.
+CONTROL_FD, STATUS_FD, PARENT_ALIVE_FD = 3, 4, 5
+
+
+class Status:
+    """JSON lines to the runner: marks (--profile), ready, error, exit."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.mark = lambda step: None
+
+    def send(self, **message) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        try:
+            os.write(self.fd, data)   # short JSON lines: one write, atomic on a pipe
+        except OSError:
+            pass
+
+    def profile(self, enabled: bool) -> None:
+        """--profile: timestamps (CLOCK_MONOTONIC, the same clock in every process) per step."""
+        if enabled:
+            self.mark = lambda name: self.send(mark=[name, time.monotonic()])
+
+
+def namespace_flags(boot: BootConfig) -> int:
+    if boot.unconfined:
+        return 0
+    flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWPID
+    if boot.network == "none":
+        flags |= linux.CLONE_NEWNET
+    if boot.rootless:
+        flags |= linux.CLONE_NEWUSER
+    return flags
+
+
+def start(boot: BootConfig, fds: list[int], parent_alive: int) -> tuple[int, int]:
+    """In the fork server (or the CLI): clone a PID 1 into new namespaces and its cgroup;
+    returns its pid and a pidfd (taken by clone itself, so a PID 1 that dies at once and
+    is reaped at once still has one). PID 1 then waits for its run (see _become_init).
+
+    `fds` are the control socket (the run's config and stdio arrive there) and the status
+    pipe, then a ready spare's stdin, stdout and stderr; `parent_alive` is the read end of a
+    pipe whose writer is the caller, so PID 1 can tell whether the caller died early."""
+    cgroup_fd = _open_cgroup_dir(boot.cgroup_dir)
+    joined = cgroup_fd is not None
+    try:
+        try:
+            pid, pidfd = linux.clone(namespace_flags(boot), cgroup_fd)
+        except OSError as err:
+            if cgroup_fd is None or err.errno not in (errno.ENOSYS, errno.EINVAL, errno.E2BIG):
+                raise
+            joined = False     # an older kernel: join by writing cgroup.procs
+            pid, pidfd = linux.clone(namespace_flags(boot))
+    except OSError as err:
+        raise SetupError(f"can't create namespaces (pid, mount, uts, ipc, net"
+                         f"{', user' if boot.rootless else ''}): {root.hint(err)}; "
+                         "or pass --unconfined to run without isolation") from err
+    finally:
+        if cgroup_fd is not None:
+            os.close(cgroup_fd)
+    if pid == 0:
+        _become_init(boot, fds, parent_alive, joined)
+    return pid, pidfd
+
+
+def _open_cgroup_dir(path: str | None) -> int | None:
+    """v2: a PID 1 is born in its group (clone3 CLONE_INTO_CGROUP, 5.7+)."""
+    if not path:
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _become_init(boot: BootConfig, fds: list[int], parent_alive: int, joined: bool) -> None:
+    """The clone()d child. Never returns."""
+    status = Status(STATUS_FD)
+    try:
+        _settle_fds(fds, parent_alive)
+        _tie_to_parent()
+        if boot.rootless and not boot.unconfined:
+            _map_root_to_caller(boot.uid, boot.gid)
+        if not joined:
+            _join_cgroup(boot.cgroup_procs)
+        control = socket.socket(fileno=CONTROL_FD)
+        if boot.run is not None:          # a ready spare: its run came with its boot
+            status.profile(True)           # the runner keeps the marks if it wants them
+            status.mark("PID 1 cloned, cgroup joined")
+            _init(boot.run, status, go=control)
+        cfg, stdio = config.receive(control, RunConfig, max_fds=3)
+        if cfg is None:
+            os._exit(0)                    # a spare the runner no longer needs
+        control.close()
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+            os.close(fd)
+        status.profile(cfg.profile)
+        status.mark("run config received")
+        _init(cfg, status)
+    except SetupError as err:
+        status.send(error=str(err), code=EXIT_SETUP)
+    except BaseException as err:  # noqa: BLE001 - a PID 1 must never print a traceback
+        status.send(error=f"container setup failed: {err!r}", code=EXIT_SETUP)
+    finally:
+        os._exit(EXIT_SETUP)
+
+
+def _settle_fds(fds: list[int], parent_alive: int) -> None:
+    """Out of the way first (a target number may be one of the sources), then into place;
+    everything else of the fork server's is closed."""
+    control_fd, status_fd, *stdio = fds
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
+            for fd in (control_fd, status_fd, parent_alive, *stdio)]
+    for target, fd in zip((CONTROL_FD, STATUS_FD, PARENT_ALIVE_FD, 0, 1, 2), high):
+        os.dup2(fd, target)
+    os.closerange(PARENT_ALIVE_FD + 1, 1 << 16)
+
+
+def _tie_to_parent() -> None:
+    """Die with the fork server (which dies with the runner); EOF on the parent-alive pipe
+    means it died before PDEATHSIG was set. getppid() is no help: it reads 0 in a new PID
+    namespace."""
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if select.select([PARENT_ALIVE_FD], [], [], 0)[0]:
+        os._exit(EXIT_SETUP)
+    os.close(PARENT_ALIVE_FD)
+    os.setsid()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    linux.set_name("nsmagic-spare")
+
+
+def _map_root_to_caller(uid: int, gid: int) -> None:
+    """Root inside, the calling user outside: a one-line map a process may write itself."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def _join_cgroup(procs_files: tuple[str, ...]) -> None:
+    """Joining a v1 group waits for an RCU grace period (~10 ms here): a spare pays it
+    before its run is even asked for."""
+    for path in procs_files:
+        try:
+            with open(path, "w") as f:
+                f.write("0")
+        except OSError as err:
+            raise SetupError(f"can't join the cgroup {os.path.dirname(path)}: "
+                             f"{err.strerror.lower()}") from err
+
+
+def _init(cfg: RunConfig, status: Status, go: socket.socket | None = None) -> None:
+    """PID 1: set the container up, then run the workload (see workload.run). With `go` (a
+    ready spare), it waits there for the run once the workload is started."""
+    if go is None:
+        linux.set_name("nsmagic-init")
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)   # no /proc/1/exe for the workload (CVE-2019-5736)
+    if not cfg.unconfined:
+        _build_container(cfg, status)
+    workload.run(cfg, status, go)
+
+
+def _build_container(cfg: RunConfig, status: Status) -> None:
+    # --- cgroup (joined in phase 1): a cgroup namespace makes it look like the root inside
+    if cfg.cgroup_namespace:
+        root.step("create", "a cgroup namespace", linux.unshare, linux.CLONE_NEWCGROUP)
+    # --- root file system. Sources are opened in this mount namespace (overlay refuses a
+    # lower layer from another one) and before the scratch tmpfs covers /tmp.
+    fds = root.open_sources(cfg.plan)
+    new_root = root.build(cfg.plan, fds, cfg.rootless)
+    status.mark("overlay root built")
+    root.write_identity(new_root, cfg.hostname)
+    kernelfs.mount_all(new_root, cfg.cgroup_mounts)
+    status.mark("/proc /dev /sys mounted")
+    for fd in fds.values():
+        os.close(fd)
+    if cfg.plan.read_only:
+        root.make_read_only(new_root, cfg.plan)
+    root.enter(new_root)
+    status.mark("pivot_root done")
+    # --- host name and network
+    root.step("set the host name", cfg.hostname, socket.sethostname, cfg.hostname)
+    if cfg.network == "none":
+        root.step("bring up", "lo", linux.loopback_up)
+    status.mark("hostname and lo set")

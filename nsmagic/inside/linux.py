@@ -1,0 +1,222 @@
+"""The system calls Python's os module lacks (clone into namespaces, mount, pivot_root, prctl,
+capset), through ctypes. Each raises OSError with errno, as the os module does.
+
+System call numbers differ between architectures: one table per architecture, and an
+architecture without one is refused with a sentence, never guessed."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from ..errors import SetupError
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# Calls through PyDLL keep the GIL, so a clone()d child is born holding it, as after os.fork.
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_PIDFD = 0x00001000
+CLONE_INTO_CGROUP = 0x200000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# Numbers of the calls used here that os lacks. Calls added since 5.x (>= 424) share one
+# number on every architecture; older ones differ. aarch64 and riscv64 use the generic table.
+_GENERIC = {"clone": 220, "pivot_root": 41, "capget": 90, "capset": 91, "seccomp": 277,
+            "keyctl": 219}
+SYSCALL_TABLES = {
+    "x86_64": {"clone": 56, "pivot_root": 155, "capget": 125, "capset": 126, "seccomp": 317,
+               "keyctl": 250},
+    "aarch64": _GENERIC,
+    "riscv64": _GENERIC,
+}
+_COMMON = {"clone3": 435, "pidfd_open": 434, "open_tree": 428, "move_mount": 429,
+           "openat2": 437, "mount_setattr": 442}
+MACHINE = os.uname().machine
+
+
+def syscall_number(name: str) -> int:
+    if name in _COMMON:
+        return _COMMON[name]
+    table = SYSCALL_TABLES.get(MACHINE)
+    if table is None:
+        raise SetupError(f"nsmagic knows the system call numbers of {', '.join(SYSCALL_TABLES)}, "
+                         f"not of this machine's {MACHINE}; run on one of those, or add its "
+                         "table to nsmagic/inside/linux.py.")
+    return table[name]
+
+
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
+
+
+def _check(result: int, *paths) -> int:
+    if result < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), *paths[:1])
+    return result
+
+
+def _b(s):
+    return None if s is None else os.fsencode(s)
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
+        "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+def clone(flags: int, cgroup_fd: int | None = None) -> tuple[int, int]:
+    """fork() straight into new namespaces: with CLONE_NEWPID the child is PID 1 of a new PID
+    namespace and our own child (unshare would only put the *next* child there). With a
+    cgroup v2 directory fd, clone3 starts the child inside that group: no migration, which
+    costs an RCU grace period. Returns (pid, pidfd) in the parent, (0, -1) in the child: the
+    pidfd comes from clone itself (CLONE_PIDFD), so it names the child even if the child
+    dies and is reaped before we look. The same bookkeeping as os.fork around it, through
+    the C API os.fork itself uses."""
+    import signal
+    pidfd = ctypes.c_int(-1)
+    flags |= CLONE_PIDFD
+    if cgroup_fd is None:
+        number = syscall_number("clone")   # flags, stack, parent_tid (gets the pidfd), ...
+        args = (ctypes.c_ulong(flags | signal.SIGCHLD), None, ctypes.byref(pidfd), None, None)
+    else:
+        number = syscall_number("clone3")
+        request = _CloneArgs(flags=flags | CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD,
+                             pidfd=ctypes.addressof(pidfd), cgroup=cgroup_fd)
+        args = (ctypes.byref(request), ctypes.sizeof(request))
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _libc_gil.syscall(number, *args)
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0, -1
+    e = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(e, os.strerror(e))
+    return pid, pidfd.value
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags))
+
+
+def mount(source, target, fstype, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), target)
+
+
+def umount(target, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), flags), target)
+
+
+def pivot_root(new_root, put_old) -> None:
+    _check(_libc.syscall(syscall_number("pivot_root"), _b(new_root), _b(put_old)), new_root)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
+    return _check(_libc.prctl(option, arg2, arg3, 0, 0))
+
+
+# --- capabilities (the names are the kernel's, without CAP_)
+
+CAPABILITIES = {
+    "CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5,
+    "SETGID": 6, "SETUID": 7, "SETPCAP": 8, "LINUX_IMMUTABLE": 9, "NET_BIND_SERVICE": 10,
+    "NET_BROADCAST": 11, "NET_ADMIN": 12, "NET_RAW": 13, "IPC_LOCK": 14, "IPC_OWNER": 15,
+    "SYS_MODULE": 16, "SYS_RAWIO": 17, "SYS_CHROOT": 18, "SYS_PTRACE": 19, "SYS_PACCT": 20,
+    "SYS_ADMIN": 21, "SYS_BOOT": 22, "SYS_NICE": 23, "SYS_RESOURCE": 24, "SYS_TIME": 25,
+    "SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28, "AUDIT_WRITE": 29, "AUDIT_CONTROL": 30,
+    "SETFCAP": 31, "MAC_OVERRIDE": 32, "MAC_ADMIN": 33, "SYSLOG": 34, "WAKE_ALARM": 35,
+    "BLOCK_SUSPEND": 36, "AUDIT_READ": 37, "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
+}
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_CAP_V3 = 0x20080522
+
+
+def cap_last_cap(cache=[]) -> int:  # noqa: B006 - read once per fork server, on purpose
+    if not cache:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            cache.append(int(f.read()))
+    return cache[0]
+
+
+def limit_capabilities(keep: frozenset[str]) -> None:
+    """Drop every capability not named in `keep` from the bounding, inheritable and ambient
+    sets, so that neither exec (even as root) nor a file capability can bring them back."""
+    numbers = {CAPABILITIES[name] for name in keep}
+    for cap in range(cap_last_cap() + 1):
+        if cap not in numbers:
+            try:
+                prctl(PR_CAPBSET_DROP, cap)
+            except OSError:
+                pass  # not in the bounding set to begin with
+    try:
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError:
+        pass
+    header = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.syscall(syscall_number("capget"), ctypes.byref(header), ctypes.byref(data)))
+    mask = [sum(1 << c for c in numbers if c // 32 == i) for i in (0, 1)]
+    for i in (0, 1):
+        data[i].inheritable &= mask[i]
+    _check(_libc.syscall(syscall_number("capset"), ctypes.byref(header), ctypes.byref(data)))
+
+
+def set_name(name: str) -> None:
+    """The process name `ps` shows in its COMMAND column (comm, 15 bytes)."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _libc.prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0)
+
+
+def loopback_up() -> None:
+    """Bring `lo` up with one ioctl: no need for pyroute2 (+300 ms of imports) for this."""
+    import fcntl
+    import socket
+    import struct
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))

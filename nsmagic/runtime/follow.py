@@ -1,0 +1,183 @@
+"""A run followed to its end, in the runner: its script fed to its stdin, its output streamed
+as it arrives (UTF-8 decoded incrementally, a split character is never mangled), its status
+read, its cgroup sampled on the same loop (so peaks are seen even without a plot), and a
+timeout or an interrupt turned into a stop."""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import selectors
+import time
+
+from ..cgroups import Usage
+from ..result import Stop
+
+
+class Sink:
+    """Writes a pipe's bytes to a text stream (decoded incrementally) or a binary one."""
+
+    def __init__(self, target):
+        self.target = target
+        self.text = isinstance(target, io.TextIOBase)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(self, data: bytes) -> None:
+        if self.text:
+            chunk = self.decoder.decode(data, final=not data)
+            if chunk:
+                self.target.write(chunk)
+        elif data:
+            self.target.write(data)
+        self.target.flush()
+
+
+class Follower:
+    """One pass over a started run: follow() returns when PID 1 has reported the end and
+    every pipe is drained (or PID 1 is gone); samples and stop say what happened."""
+
+    def __init__(self, run, out, err, on_sample=None):
+        self.run, self.on_sample = run, on_sample
+        self.samples: list[Usage] = []
+        self.stop = Stop()
+        self.sel = selectors.DefaultSelector()
+        self.sinks: dict[int, Sink] = {}
+        pid1 = run.pid1
+        for pipe, target in ((pid1.stdout, out), (pid1.stderr, err)):
+            if pipe is not None:
+                os.set_blocking(pipe.fileno(), False)
+                self.sinks[pipe.fileno()] = Sink(target)
+                self.sel.register(pipe.fileno(), selectors.EVENT_READ)
+        self.sel.register(run.status_fd, selectors.EVENT_READ)
+        self.status_open = True
+        self.script = (run.spec.script or "").encode()
+        self.stdin_fd = pid1.stdin.fileno() if pid1.stdin is not None else None
+        if self.stdin_fd is not None:
+            os.set_blocking(self.stdin_fd, False)
+            self.sel.register(self.stdin_fd, selectors.EVENT_WRITE)
+        self.pidfd: int | None = None
+        timeout = run.spec.timeout
+        self.deadline = run.started + timeout if timeout else None
+        # A live view wants a first point at once; without one the first sample can wait an
+        # interval (a short run then reads its counters once, at the end).
+        self.interval = run.spec.sample_interval
+        self.next_sample = time.monotonic() + (0 if on_sample else self.interval)
+
+    def follow(self) -> None:
+        """KeyboardInterrupt stops the run (SIGINT, SIGTERM, SIGKILL) and is raised again
+        once its output is drained."""
+        try:
+            while self.status_open or self.sinks:
+                events = self.sel.select(self._tick(time.monotonic()))
+                if not events and not self.status_open:
+                    break    # PID 1 is gone, so every writer is gone: the rest is drained
+                for key, _ in events:
+                    self._dispatch(key.fd)
+        except KeyboardInterrupt:
+            self.stop = Stop(interrupted=True, by=self.run.stop())
+            self._drain()   # what it printed on its way out (a trap's last words)
+            raise
+        finally:
+            self.sel.close()
+            for sink in self.sinks.values():
+                sink.write(b"")
+
+    def last_sample(self) -> Usage | None:
+        """The group read once more, now that the run is over (before the group goes)."""
+        if self.run.cgroup is None:
+            return None
+        self._sample()
+        return self.samples[-1]
+
+    def _tick(self, now: float) -> float:
+        """Sample and enforce the timeout when due; returns how long select may wait."""
+        has_group = self.run.cgroup is not None
+        if has_group and now >= self.next_sample:
+            self._sample()
+            self.next_sample = now + self.interval
+        if self.deadline and now >= self.deadline and not self.stop.timed_out:
+            self.stop = Stop(timed_out=True, by=self.run.stop(grace=0.5))
+        if not self.status_open:
+            return 0.5
+        wait = self.interval if has_group else 1.0
+        if self.deadline:
+            wait = min(wait, max(0.0, self.deadline - now))
+        return min(wait, max(0.0, self.next_sample - now)) if has_group else wait
+
+    def _sample(self) -> None:
+        self.samples.append(self.run.cgroup.usage())
+        if self.on_sample:
+            self.on_sample(self.samples[-1], self.run)
+
+    def _dispatch(self, fd: int) -> None:
+        if fd == self.pidfd:
+            self._pid1_gone()
+        elif fd == self.run.status_fd:
+            self._status()
+        elif fd == self.stdin_fd:
+            self._feed()
+        else:
+            data = _read(fd)
+            if data is not None:
+                self.sinks[fd].write(data)
+                if not data:
+                    self.sel.unregister(fd)
+                    del self.sinks[fd]
+
+    def _pid1_gone(self) -> None:
+        """Every writer in the container is dead: drain what is left."""
+        for fd in (self.pidfd, *self.sinks):
+            self.sel.unregister(fd)
+        self._drain()
+        if self.status_open:
+            self.run.read_status()
+            self.sel.unregister(self.run.status_fd)
+            self.status_open = False
+
+    def _status(self) -> None:
+        if not self.run.read_status():
+            self.sel.unregister(self.run.status_fd)
+            self.status_open = False
+        if self.run.reported and self.pidfd is None:
+            # Done when the pipes end, or else when PID 1 is gone: a copy of a pipe's write
+            # end in some fork of this process must not hold us.
+            self.pidfd = self.run.pid1.pidfd
+            self.sel.register(self.pidfd, selectors.EVENT_READ)
+
+    def _feed(self) -> None:
+        """Write what the pipe takes now; close stdin at the end so the program sees EOF."""
+        stdin = self.run.pid1.stdin
+        try:
+            if self.script:
+                self.script = self.script[os.write(self.stdin_fd, self.script[:65536]):]
+        except BrokenPipeError:
+            self.script = b""
+        except BlockingIOError:
+            return
+        if not self.script:
+            self.sel.unregister(self.stdin_fd)
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def _drain(self) -> None:
+        """After a stop every writer is dead: read each pipe to its end."""
+        for fd, sink in list(self.sinks.items()):
+            while True:
+                data = _read(fd)
+                if not data:
+                    break
+                sink.write(data)
+            self.sinks.pop(fd)
+            sink.write(b"")
+
+
+def _read(fd: int) -> bytes | None:
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""

@@ -1,0 +1,36 @@
+"""A Spec turned into what PID 1 is sent (config.RunConfig): its root plan, its cgroup's
+files and mounts, its argv and environment."""
+
+from __future__ import annotations
+
+import sys
+
+from .. import cgroups
+from ..config import RunConfig
+from ..rootfs.plan import plan as plan_root
+from ..spec import Spec
+
+BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root", "LANG": "C.UTF-8", "TERM": "xterm"}
+
+
+def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup | None,
+               layout: cgroups.Layout) -> RunConfig:
+    env = dict(BASE_ENV, HOSTNAME=hostname, PYTHONUNBUFFERED="1")
+    env.update(dict(spec.env))
+    return RunConfig(
+        hostname=hostname,
+        network=spec.network,
+        rootless=rootless,
+        plan=plan_root(spec),
+        cgroup_namespace=cgroup is not None,
+        cgroup_mounts=cgroup.mounts_inside() if cgroup else (),
+        argv=spec.command or (sys.executable, "-u", "-"),
+        env=tuple(env.items()),
+        workdir=spec.workdir,
+        user=spec.user,
+        python_cell=spec.is_python_cell,
+        custom_root=spec.rootfs is not None,
+        unconfined=spec.unconfined,
+        profile=spec.profile,
+    )
