@@ -17,7 +17,11 @@ user namespace. nsmagic's order in PID 1: capabilities dropped (bounding, inheri
 ambient), ids set (setgroups, setgid, setuid), PR_SET_NO_NEW_PRIVS, load(), then spawn the
 workload. As late as possible, so that setup's own calls are not filtered; after the
 privileges are dropped, so that capset and setuid need not be allowed for the workload.
-The filter holds for the calling thread and everything it starts from then on.
+(runc and crun do the same when no_new_privs is asked for; without it, Docker's default,
+they load the filter before dropping capabilities, while CAP_SYS_ADMIN still allows it.)
+The filter holds for the calling thread and everything it starts from then on; PID 1 itself
+lives with it fine (its wait, kill, select and posix_spawn are allowed: glibc's posix_spawn
+tries clone3, gets ENOSYS from the filter and falls back to clone).
 
 `--security-opt seccomp=unconfined` means: call neither.
 """
@@ -125,6 +129,7 @@ SCMP_ACT_ALLOW = 0x7FFF0000
 _ACT_ERRNO = 0x00050000
 _CMP = {"NE": 1, "LT": 2, "LE": 3, "EQ": 4, "GE": 5, "GT": 6, "MASKED_EQ": 7}
 _NR_SCMP_ERROR = -1
+SCMP_FLTATR_CTL_OPTIMIZE = 8
 
 
 def _act_errno(number: int) -> int:
@@ -156,6 +161,7 @@ def _libseccomp() -> ctypes.CDLL:
         "seccomp_syscall_resolve_name_arch": (c_int, [u32, ctypes.c_char_p]),
         "seccomp_rule_add_array": (c_int, [ctx, u32, c_int, ctypes.c_uint,
                                            ctypes.POINTER(_ArgCmp)]),
+        "seccomp_attr_set": (c_int, [ctx, c_int, u32]),
         "seccomp_export_bpf": (c_int, [ctx, c_int]),
     }
     for name, (restype, argtypes) in signatures.items():
@@ -195,12 +201,20 @@ def unknown_syscalls(arch: str | None = None) -> list[str]:
                   and lib.seccomp_syscall_resolve_name(n.encode()) == _NR_SCMP_ERROR)
 
 
+_PROGRAMS: dict[tuple[frozenset[str], str | None], bytes] = {}
+
+
 def compile_filter(caps: frozenset[str], arch: str | None = None) -> bytes:
     """Docker's default profile for a run keeping capabilities `caps` (any spelling
     capabilities.parse takes), as the BPF program for `arch` (None: this machine). The same
-    bytes object comes back for the same options."""
-    from .capabilities import parse_all
-    return _compile(parse_all(caps), resolve_arch(arch), _kernel())
+    bytes object comes back for the same options: a second call is one dict lookup."""
+    key = (frozenset(caps), arch)
+    program = _PROGRAMS.get(key)
+    if program is None:
+        from .capabilities import parse_all
+        program = _compile(parse_all(caps), resolve_arch(arch), _kernel())
+        _PROGRAMS[key] = program
+    return program
 
 
 @functools.lru_cache(maxsize=32)
@@ -212,6 +226,11 @@ def _compile(caps: frozenset[str], arch: str, kernel: tuple[int, int]) -> bytes:
     if not ctx:
         raise SetupError("can't build the seccomp filter: seccomp_init failed.")
     try:
+        # A binary tree of syscall numbers instead of a list (libseccomp >= 2.5): the same
+        # decisions, a program ~25% longer, but the kernel attaches it in half the time
+        # (each run pays that) and a call depending on arguments walks fewer instructions.
+        # An older libseccomp refuses the attribute and builds the list.
+        lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
         _add_arches(lib, ctx, profile.arches(arch))
         for rule in profile.select(caps, arch, kernel):
             action = SCMP_ACT_ALLOW if rule.action == profile.ALLOW else _act_errno(rule.errno)
