@@ -1,0 +1,1 @@
+"""Security settings of a run: capabilities by name, Docker's default seccomp profile."""
