@@ -32,6 +32,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from leaks import unmount_under
+
 from nsmagic.cgroups import detect
 
 IMAGE = "nsmagic-bench-busybox"
@@ -245,7 +247,7 @@ class _Scratch:
         for daemon in reversed(self.daemons):   # dockerd first: it stops its containers
             _stop(daemon)
         _kill(_processes_naming(str(self.path)) | _processes_in(cgroup_parent(self.tool)))
-        if _unmount_under(str(self.path)):
+        if unmount_under(str(self.path)):
             shutil.rmtree(self.path, ignore_errors=True)
         _remove_cgroups(cgroup_parent(self.tool))
         for path in self.new_fixed:             # deepest first, as FIXED_PATHS lists them
@@ -337,24 +339,6 @@ def _kill(pids: set[int]) -> None:
                                               Path(f"/proc/{p}/cmdline").read_bytes()
                                               for p in pids):
         time.sleep(0.02)
-
-
-def _mounts_under(path: str) -> list[str]:
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point == path or point.startswith(path + "/"):
-                points.append(point)
-    return points
-
-
-def _unmount_under(path: str) -> bool:
-    """Detach every mount under `path` (the tools unmount their own on a clean stop; this is
-    for a crash); True when none is left, so the dir can be removed."""
-    for point in sorted(_mounts_under(path), key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", point], stderr=subprocess.DEVNULL, check=False)
-    return not _mounts_under(path)
 
 
 def _remove_cgroups(parent: str) -> None:
