@@ -16,7 +16,8 @@ the cgroups go, and so do the few fixed /run dirs the tools create when they wer
 before. `leftovers(before)` tells what remains, so a test can check that.
 
 When a tool is missing or cannot start, `PeerUnavailable(reason)` says why in one sentence,
-for a skip or a bench row. Root only. Stdlib only (plus nsmagic's layout detection).
+for a skip or a bench row. Root only. Stdlib only, plus nsmagic's layout detection and
+tests/leaks.py's unmount.
 """
 
 from __future__ import annotations
@@ -129,12 +130,12 @@ def podman_argv() -> Iterator[list[str]]:
         raise PeerUnavailable("Podman is not installed: apt-get install podman.")
     runtime = _podman_runtime()
     with _Scratch("podman") as scratch:
-        scratch = scratch.path
-        yield [podman, "--root", str(scratch / "root"), "--runroot", str(scratch / "run"),
-               "--tmpdir", str(scratch / "tmp"), "--volumepath", str(scratch / "volumes"),
-               "--network-config-dir", str(scratch / "net"), "--cgroup-manager", "cgroupfs",
+        path = scratch.path
+        yield [podman, "--root", str(path / "root"), "--runroot", str(path / "run"),
+               "--tmpdir", str(path / "tmp"), "--volumepath", str(path / "volumes"),
+               "--network-config-dir", str(path / "net"), "--cgroup-manager", "cgroupfs",
                "--events-backend", "file", "--storage-driver", "overlay",
-               *runtime, "--runtime-flag", f"root={scratch / 'runc'}"]
+               *runtime, "--runtime-flag", f"root={path / 'runc'}"]   # not /run/runc
 
 
 def _podman_runtime() -> list[str]:
@@ -176,8 +177,8 @@ def run_argv(tool: list[str], image: str, *cmd: str, limits: bool = False) -> li
 def _podman_ulimits() -> list[str]:
     """Rootful Podman asks runc for RLIMIT_NOFILE and RLIMIT_NPROC of 1048576, above this
     process's hard limits; raising them needs CAP_SYS_RESOURCE, which a sandboxed root may
-    lack ("error setting rlimit type 7: operation not permitted"). Then ask for what we have
-    (Podman lowers its own nproc hard limit to kernel.pid_max first)."""
+    lack ("error setting rlimit type 7: operation not permitted"). Then ask for what we have;
+    for nproc no more than kernel.pid_max, which was Podman's own hard limit when it ran."""
     if _has_capability(CAP_SYS_RESOURCE):
         return []
     import resource
