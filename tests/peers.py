@@ -41,10 +41,11 @@ IMAGE = "nsmagic-bench-busybox"
 PREFIX = "nsmagic-peers-"
 BUSYBOX = "/usr/bin/busybox"
 # What the tools create outside the roots they let us choose (containerd's shim sockets,
-# dockerd's plugin sockets, the blob cache `podman import` keeps for root whatever its --root):
+# dockerd's plugin sockets, runc's default state dir, which `podman run` still makes despite
+# --runtime-flag root=, the blob cache `podman import` keeps for root whatever its --root):
 # removed at exit when they were not there before (dirs if empty).
 FIXED_PATHS = ("/run/containerd/s", "/run/containerd", "/run/docker/plugins", "/run/docker",
-               "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
+               "/run/runc", "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
                "/var/lib/containers/cache", "/var/lib/containers")
 NETDEVS = ("docker", "br-", "cni-podman", "podman")   # what Docker and Podman would add
 CAP_SYS_RESOURCE = 24
