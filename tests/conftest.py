@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import shutil
@@ -15,38 +14,12 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from leaks import leftovers, processes_left  # noqa: E402 - tests import them from here too
+
 from nsmagic.core import run  # noqa: E402
 from nsmagic.spec import Spec  # noqa: E402
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
-
-
-def leftovers(owner: int | None = None) -> list[str]:
-    """What runs of `owner` (default: this process) left behind: cgroups (named
-    nsmagic-<owner pid>-<id>), host mounts, processes in such groups. Other processes' runs
-    (a notebook open meanwhile) are not ours to judge, nor is this process's ready spare
-    (a PID 1 kept waiting for the next run, by design)."""
-    from nsmagic.core import settle
-    spares = settle() if owner is None else set()
-    mine = f"nsmagic-{owner or os.getpid()}-"
-    found = [d for d in glob.glob("/sys/fs/cgroup/**/" + mine + "*", recursive=True)
-             if os.path.isdir(d) and os.path.basename(d) not in spares]
-    with open("/proc/self/mountinfo") as f:
-        found += [line.strip() for line in f if "nsmagic" in line]
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cgroup") as f:
-                    groups = f.read()
-                if mine in groups and not any(name in groups for name in spares):
-                    found.append(f"process {pid}")
-            except OSError:
-                pass
-    return found
-
-
-def processes_left(owner: int) -> list[str]:
-    return [line for line in leftovers(owner) if line.startswith("process")]
 
 
 def kill_runner(runner: subprocess.Popen, within: float) -> list[str]:
