@@ -3,8 +3,7 @@ fresh overlay upper layers, where nsmagic comes from, `%load_ext` in fresh proce
 containers alive at once (start time, memory per idle container, a clean stop).
 
 The package's helpers do the kernel work: the mount syscall, the cgroup layout and sweep
-(nsmagic.cgroups), the leftovers scan (tests/leaks.py). The two nsmagic.runtime imports
-below are all the bench takes from the runtime's internals, which issue 10 moves."""
+(nsmagic.cgroups), the leftovers scan (tests/leaks.py)."""
 
 from __future__ import annotations
 
@@ -26,8 +25,8 @@ from pathlib import Path
 from leaks import leftovers, unmount_under
 
 from nsmagic import cgroups
-from nsmagic.inside.linux import MNT_DETACH, mount, umount
 from nsmagic.core import settle
+from nsmagic.inside.linux import MNT_DETACH, mount, umount
 from nsmagic.runtime.spares import Spares
 
 REPO = Path(__file__).resolve().parent.parent
