@@ -4,6 +4,7 @@ run needs."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .errors import NsmagicError, SpecError
@@ -25,6 +26,23 @@ def main(argv: list[str] | None = None) -> int:
     except NsmagicError as err:
         print(f"nsmagic: {err}", file=sys.stderr)
         return EXIT_SETUP
+
+
+def entry() -> None:
+    """The `nsmagic` command."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    """Once the status is known and printed, leave: the interpreter's own teardown (module
+    cleanup, garbage collection) would only make the shell wait. What a run left to finish
+    is in a process of its own (see runtime.teardown.hand_off)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass   # closed early (`| head`): nothing more to say there
+    os._exit(code)
 
 
 def run(argv: list[str]) -> int:
@@ -97,4 +115,4 @@ options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N --host
 """
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

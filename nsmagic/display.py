@@ -64,8 +64,6 @@ class Plot:
                  width: float = 7.2, height: float = 3.3, dpi: int = 90):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from matplotlib.lines import Line2D
-        from matplotlib.patches import Polygon
 
         self.memory_limit = memory_limit / MiB if memory_limit else None
         self.cpus = cpus
@@ -73,17 +71,32 @@ class Plot:
         self.fig = fig = Figure(figsize=(width, height), dpi=dpi, facecolor="white")
         self.canvas = FigureCanvasAgg(fig)
         fig.subplots_adjust(left=0.075, right=0.985, top=0.83, bottom=0.14, wspace=0.22)
-        self.ax_cpu, self.ax_mem = axes = fig.subplots(1, 2)
-        small = {"fontsize": 8}
-        for ax, title in zip(axes, ("CPU, % of one core", "memory, MiB")):
+        self.ax_cpu, self.ax_mem = fig.subplots(1, 2)
+        self._style_axes()
+        self._moving_artists()
+        # The stats line is drawn with PIL onto the finished buffer: matplotlib's text costs
+        # ~150 µs a glyph here (a 100-character line: 14 ms, more than the rest of a frame).
+        self.header_px = int(0.09 * height * dpi)
+        self._fonts = _fonts(round(8.5 * dpi / 72))
+        self._limits_and_legends()
+        self._background = None
+        self.full_draws = 0
+        self.frames = 0
+
+    def _style_axes(self) -> None:
+        for ax, title in ((self.ax_cpu, "CPU, % of one core"), (self.ax_mem, "memory, MiB")):
             ax.set_ylabel(title, fontsize=8, labelpad=2)
-            ax.set_xlabel("seconds", **small, labelpad=1)
+            ax.set_xlabel("seconds", fontsize=8, labelpad=1)
             ax.tick_params(labelsize=7, pad=1.5)
             ax.grid(True, color="#e6e6e6", linewidth=0.6)
             ax.set_axisbelow(True)
             ax.set_xlim(0, 10)
 
-        # Moving artists are `animated`: a full draw skips them, each frame draws them.
+    def _moving_artists(self) -> None:
+        """Moving artists are `animated`: a full draw skips them, each frame draws them."""
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Polygon
+
         def line(ax, key, label, **kw):
             artist = Line2D([], [], color=_COLORS[key], label=label, animated=True,
                             linewidth=1.4, **kw)
@@ -99,29 +112,23 @@ class Plot:
         self.peak_line = line(self.ax_mem, "peak", "peak", linestyle=":")
         self.peak_line.set_linewidth(1.0)
         # OOM kills: a vertical line on both panels (x in data, y in axes coordinates).
-        self.oom_lines = [Line2D([], [], color=_COLORS["oom"], linewidth=1.2, animated=True,
-                                 marker="v", markevery=(0, 3), markersize=6,
-                                 transform=ax.get_xaxis_transform(), label="OOM kill")
-                          for ax in axes]
-        for ax, artist in zip(axes, self.oom_lines):
-            ax.add_line(artist)
-        # The stats line is drawn with PIL onto the finished buffer: matplotlib's text costs
-        # ~150 µs a glyph here (a 100-character line: 14 ms, more than the rest of a frame).
-        self.header_px = int(0.09 * height * dpi)
-        self._fonts = _fonts(round(8.5 * dpi / 72))
+        self.oom_lines = [line(ax, "oom", "OOM kill", marker="v", markevery=(0, 3),
+                               markersize=6, transform=ax.get_xaxis_transform())
+                          for ax in (self.ax_cpu, self.ax_mem)]
+        for artist in self.oom_lines:
+            artist.set_linewidth(1.2)
 
-        # Limits: static lines, drawn into the background.
-        cpu_top = 100.0 if not cpus else max(100.0, cpus * 100 * 1.3)
-        self.ax_cpu.set_ylim(0, cpu_top)
+    def _limits_and_legends(self) -> None:
+        """Limits are static lines, drawn into the background with the legends."""
+        cpus = self.cpus
+        self.ax_cpu.set_ylim(0, 100.0 if not cpus else max(100.0, cpus * 100 * 1.3))
         handles = [self.cpu_line, self.throttled_fill]
         if cpus:
             handles.append(self.ax_cpu.axhline(cpus * 100, color=_COLORS["quota"],
                                                linestyle=":", linewidth=1.2,
                                                label=f"--cpus {cpus:g}"))
         handles.append(self.oom_lines[0])
-        self.ax_cpu.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.02),
-                           ncol=len(handles), fontsize=7, frameon=False, borderaxespad=0,
-                           handlelength=1.4, columnspacing=0.9, handletextpad=0.4)
+        _legend(self.ax_cpu, handles)
         handles = [self.mem_line, self.ws_line, self.peak_line]
         if self.memory_limit:
             self.ax_mem.set_ylim(0, self.memory_limit * 1.12)
@@ -130,12 +137,7 @@ class Plot:
                                                label=f"--mem {self.memory_limit:g} MiB"))
         else:
             self.ax_mem.set_ylim(0, 64)
-        self.ax_mem.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.02),
-                           ncol=len(handles), fontsize=7, frameon=False, borderaxespad=0,
-                           handlelength=1.4, columnspacing=0.9, handletextpad=0.4)
-        self._background = None
-        self.full_draws = 0
-        self.frames = 0
+        _legend(self.ax_mem, handles)
 
     # -- axes grow by doubling, so the background is redrawn log2(n) times per run
 
@@ -205,6 +207,12 @@ class Plot:
     def close(self) -> None:
         self.fig.clear()
         self._background = None
+
+
+def _legend(ax, handles) -> None:
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.02), ncol=len(handles),
+              fontsize=7, frameon=False, borderaxespad=0, handlelength=1.4, columnspacing=0.9,
+              handletextpad=0.4)
 
 
 def _fonts(size_px: int):

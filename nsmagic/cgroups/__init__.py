@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 
@@ -98,6 +97,7 @@ def sweep(layout: Layout | None = None) -> list[str]:
 
 def running(layout: Layout | None = None) -> list[Cgroup]:
     """Every run's group on this machine (any runner's, like `docker ps`), read-only handles."""
+    import glob
     layout = layout or detect()
     found: dict[str, dict[str, str]] = {}
     if layout.kind == "v2":

@@ -21,7 +21,7 @@ KEEP_CAPABILITIES = frozenset((
     "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
     "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "AUDIT_WRITE", "SETFCAP"))
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGWINCH)
+             signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE)
 EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 126, 127
 
 
@@ -65,7 +65,7 @@ def _spawn(cfg: RunConfig, path: str, env: dict, status) -> int:
     extra = [int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2]
     try:
         return os.posix_spawn(path, list(cfg.argv), env, setsid=True, setsigmask=(),
-                              setsigdef=FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ),
+                              setsigdef=FORWARDED + (signal.SIGXFSZ,),
                               file_actions=[(os.POSIX_SPAWN_CLOSE, fd) for fd in extra
                                             if _is_open(fd)])
     except OSError as err:

@@ -9,6 +9,7 @@ import codecs
 import io
 import os
 import selectors
+import signal
 import time
 
 from ..cgroups import Usage
@@ -16,21 +17,29 @@ from ..result import Stop
 
 
 class Sink:
-    """Writes a pipe's bytes to a text stream (decoded incrementally) or a binary one."""
+    """Writes a pipe's bytes to a text stream (decoded incrementally) or a binary one. A
+    target that breaks (a reader gone: `nsmagic run -- yes | head -1`) is marked broken,
+    and what comes after is dropped."""
 
     def __init__(self, target):
         self.target = target
         self.text = isinstance(target, io.TextIOBase)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.broken = False
 
     def write(self, data: bytes) -> None:
-        if self.text:
-            chunk = self.decoder.decode(data, final=not data)
-            if chunk:
-                self.target.write(chunk)
-        elif data:
-            self.target.write(data)
-        self.target.flush()
+        if self.broken:
+            return
+        try:
+            if self.text:
+                chunk = self.decoder.decode(data, final=not data)
+                if chunk:
+                    self.target.write(chunk)
+            elif data:
+                self.target.write(data)
+            self.target.flush()
+        except BrokenPipeError:
+            self.broken = True
 
 
 class Follower:
@@ -120,7 +129,12 @@ class Follower:
         else:
             data = _read(fd)
             if data is not None:
-                self.sinks[fd].write(data)
+                sink = self.sinks[fd]
+                sink.write(data)
+                if sink.broken and not self.stop.by:
+                    # As a pipeline's writer would get it: SIGPIPE, through PID 1.
+                    self.run.signal(signal.SIGPIPE)
+                    self.stop = Stop(by="SIGPIPE")
                 if not data:
                     self.sel.unregister(fd)
                     del self.sinks[fd]

@@ -78,7 +78,10 @@ class Run:
         ready_kind = dataclasses.replace(kind, ready=ready) if ready else None
         spare = None
         try:   # a spare taken is handed to PID 1's run or dropped, whatever happens
-            spare = (ready_kind and Spares.take(ready_kind)) or Spares.take(kind)
+            # A spare's mount namespace is a copy taken when it was made: a volume or a
+            # --rootfs mounted on the host since then would not be in it.
+            if not (spec.volumes or spec.rootfs):
+                spare = (ready_kind and Spares.take(ready_kind)) or Spares.take(kind)
             if spare is None:
                 spare = make_spare(kind, layout)
             self._adopt(spare, [k for k in (ready_kind, kind) if k], layout)
