@@ -9,12 +9,15 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 from .cgroups import detect
+from .errors import NsmagicError
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE_CODE = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
-              "from nsmagic.inside.probe import probe; json.dump(probe(), sys.stdout)")
+              "from nsmagic.inside.probe import probe; "
+              "json.dump(probe(sys.stdin.buffer.read() or None), sys.stdout)")
 
 FIXES = {
     "user": "allow unprivileged user namespaces (sysctl -w kernel.unprivileged_userns_clone=1 "
@@ -30,18 +33,62 @@ FIXES = {
 
 
 def gather() -> dict:
+    seccomp, program = _seccomp_report()
     done = subprocess.run([sys.executable, "-I", "-S", "-c", PROBE_CODE, PACKAGE_PARENT],
-                          capture_output=True, text=True, timeout=30)
+                          input=program or b"", capture_output=True, timeout=30)
     try:
         probed = json.loads(done.stdout)
     except ValueError:
-        probed = {"root": os.geteuid() == 0, "namespaces": {}, "overlay": done.stderr.strip()
-                  or "probe failed", "overlay_in_user_ns": "probe failed"}
+        probed = {"root": os.geteuid() == 0, "namespaces": {},
+                  "overlay": done.stderr.decode(errors="replace").strip() or "probe failed",
+                  "overlay_in_user_ns": "probe failed"}
+    if "seccomp_load_ms" in probed:
+        seccomp["load_ms"] = probed.pop("seccomp_load_ms")
     layout = detect()
     info = {"kernel": platform.release(), "python": sys.executable, **probed,
-            "cgroup_layout": layout.kind, "cgroup": _cgroup_report(layout)}
+            "cgroup_layout": layout.kind, "cgroup": _cgroup_report(layout),
+            "seccomp": seccomp}
     info["mode"], info["missing"] = _mode(info)
     return info
+
+
+def _seccomp_report() -> tuple[dict, bytes | None]:
+    """The filter every run gets: what it refuses, what this libseccomp lacks, what it costs
+    to compile (in the runner, once per option set) and, filled in by the probe, to load (in
+    each run's PID 1). Its program too, for the probe to load."""
+    from .inside.workload import KEEP_CAPABILITIES
+    from .security import seccomp
+    try:
+        began = time.perf_counter()
+        program = seccomp.compile_filter(KEEP_CAPABILITIES)
+        compile_ms = (time.perf_counter() - began) * 1e3
+        refused, by_argument = seccomp.refusals(KEEP_CAPABILITIES)
+        report = {"filter": "on", "libseccomp": seccomp.version(), "arch": seccomp.native_arch(),
+                  "instructions": len(program) // seccomp.BPF_INSTRUCTION_SIZE,
+                  "refused": refused, "by_argument": by_argument,
+                  "unknown": seccomp.unknown_syscalls(), "compile_ms": compile_ms}
+    except NsmagicError as err:
+        return {"filter": "unavailable", "error": str(err)}, None
+    return report, program
+
+
+def _seccomp_lines(sc: dict) -> list[str]:
+    if sc["filter"] != "on":
+        return [f"Seccomp filter:    NOT available: {sc['error']}"]
+    load = sc.get("load_ms")
+    load = (f"{load:.2f} ms to load in each run's PID 1" if isinstance(load, float)
+            else f"can't be loaded here: {load}")
+    lines = [f"Seccomp filter:    on, Docker's default profile ({sc['instructions']} BPF "
+             f"instructions, libseccomp {sc['libseccomp']}; --security-opt seccomp=unconfined "
+             "turns it off)",
+             f"  refuses          {len(sc['refused'])} calls of {sc['arch']} outright, "
+             f"{len(sc['by_argument'])} by argument ({', '.join(sc['by_argument'])})",
+             f"  costs            {sc['compile_ms']:.1f} ms to compile, once per option set; "
+             + load]
+    if sc["unknown"]:
+        lines.append(f"  unknown to libseccomp {sc['libseccomp']}, so refused: "
+                     + " ".join(sc["unknown"]))
+    return lines
 
 
 def _cgroup_report(layout) -> dict:
@@ -97,6 +144,8 @@ def _mode(info: dict) -> tuple[Mode, list[str]]:
         missing.append(f"cgroup limits: {FIXES['cgroup']}.")
     if info.get("overlay") and mode is not Mode.UNAVAILABLE:  # else it failed on unshare
         missing.append(f"overlayfs ({info['overlay']}): {FIXES['overlay']}.")
+    if info["seccomp"]["filter"] != "on" and mode is not Mode.UNAVAILABLE:
+        missing.append(f"seccomp: {info['seccomp']['error']}")
     if info["root"] and not limits_ok:
         missing.append("cgroup controllers memory, cpu and pids: mount them (cgroup v2 at "
                        "/sys/fs/cgroup, or v1 hierarchies).")
@@ -123,6 +172,7 @@ def report(info: dict) -> str:
         lines.append(f"  {name:<10} {ok(err)}")
     lines.append(f"Overlayfs:         {ok(info.get('overlay'))}")
     lines.append(f"Overlayfs in a user namespace: {ok(info.get('overlay_in_user_ns'))}")
+    lines += _seccomp_lines(info["seccomp"])
     lines.append(f"Python for cells:  {info['python']}")
     if info["missing"]:
         lines.append("Missing:")

@@ -80,6 +80,7 @@ class Spec:
     plot: bool | None = None
     interval: float | None = None        # seconds between samples of the cgroup counters
     unconfined: bool = False             # no namespaces, no overlay: where the host forbids them
+    seccomp: bool = True                 # Docker's default profile (--security-opt seccomp=...)
     profile: bool = False                # time every step of the run (teaching, benchmarks)
 
     def replace(self, **changes) -> Spec:
@@ -134,6 +135,7 @@ class Spec:
             raise_error=not getattr(args, "no_raise_error", False),
             strict=args.strict,
             unconfined=args.unconfined,
+            seccomp=_parse_security_opts(args.security_opt),
             profile=args.profile,
             name=args.name,
             out_var=getattr(args, "out", None),
@@ -213,6 +215,32 @@ def _parse_user(text):
     if uid_n < 0 or gid_n < 0:
         raise SpecError(f"--user {text!r} must not be negative; give numbers such as 1000:1000.")
     return uid_n, gid_n
+
+
+def _parse_security_opts(values: list[str]) -> bool:
+    """Docker's --security-opt values nsmagic knows; returns whether the seccomp filter is
+    on. no-new-privileges is always set here, so it is taken and changes nothing."""
+    seccomp = True
+    for text in values:
+        key, _, value = text.replace(":", "=", 1).partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if key == "seccomp" and value == "unconfined":
+            seccomp = False
+        elif key == "seccomp" and value == "builtin":   # Docker's name for its default
+            seccomp = True
+        elif key == "seccomp":
+            raise SpecError(f"--security-opt {text!r}: nsmagic has Docker's default profile "
+                            "only, not profiles from files; use seccomp=unconfined to turn "
+                            "it off, or leave the option out.")
+        elif key == "no-new-privileges" and value.lower() in ("", "true"):
+            continue
+        elif key == "no-new-privileges":
+            raise SpecError(f"--security-opt {text!r}: nsmagic always sets no_new_privs (its "
+                            "capability drop and seccomp filter rely on it); leave it out.")
+        else:
+            raise SpecError(f"--security-opt {text!r} is not known; nsmagic takes "
+                            "seccomp=unconfined (and no-new-privileges, always on).")
+    return seccomp
 
 
 # Named checks, run in order, as runc's validator does; each raises SpecError with one sentence.
@@ -338,6 +366,9 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     p.add_argument("--profile", action="store_true",
                    help="print how long each step took: fork, namespaces, cgroup, mounts, "
                         "pivot_root, exec, teardown")
+    p.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                   help="seccomp=unconfined: no seccomp filter (Docker's default profile is "
+                        "loaded otherwise)")
     p.add_argument("--unconfined", action="store_true",
                    help="no namespaces and no overlay (for hosts that forbid them): "
                         "writes reach the host")

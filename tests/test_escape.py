@@ -131,11 +131,11 @@ def _run_in(face: str, args: list[str], cell: str | None, package: str | None) -
     if face == CLI:
         proc, out, err = _subprocess([sys.executable, "-m", "nsmagic", "run", *args],
                                      cell or "", cwd=REPO)
-        return Outcome(proc.returncode, out, err, leftovers(proc.pid))
+        return Outcome(proc.returncode, out, err, _left_by(proc.pid))
     if face == ROOTLESS_CLI:
         proc, out, err = _subprocess([SYSTEM_PYTHON, "-m", "nsmagic", "run", *args],
                                      cell or "", **_as_nobody(package))
-        return Outcome(proc.returncode, out, err, leftovers(proc.pid))
+        return Outcome(proc.returncode, out, err, _left_by(proc.pid))
     if face == ROOTLESS_API:
         request = json.dumps({"args": args, "cell": cell})
         proc, out, err = _subprocess([SYSTEM_PYTHON, "-c", API_AS_USER], request,
@@ -143,9 +143,19 @@ def _run_in(face: str, args: list[str], cell: str | None, package: str | None) -
         try:
             said = json.loads(out)
         except ValueError:   # the API itself broke: show all of it
-            return Outcome(proc.returncode, out, err, leftovers(proc.pid))
-        return Outcome(said["code"], said["out"], err + said["err"], leftovers(proc.pid))
+            return Outcome(proc.returncode, out, err, _left_by(proc.pid))
+        return Outcome(said["code"], said["out"], err + said["err"], _left_by(proc.pid))
     raise ValueError(face)
+
+
+def _left_by(runner: int, grace: float = 2.0) -> list[str]:
+    """What a runner that has exited left. The CLI exits once its status is printed and
+    hands its teardown to a small fork (runtime/teardown.hand_off), which removes the run's
+    groups a few milliseconds later: only what is still there after `grace` is left."""
+    deadline = time.monotonic() + grace
+    while (left := leftovers(runner)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return left
 
 
 @pytest.fixture(scope="session")
@@ -541,6 +551,13 @@ print(json.dumps(found))
 """ % {"table": repr(SYSCALLS)}
 
 
+# Debian 12's Docker 20.10 refuses these two (probed on this kind of machine); the profile
+# nsmagic follows, moby's since 2023 (see nsmagic/security/profile.py), allows them:
+# name_to_handle_at outright, process_vm_readv with ptrace on kernels >= 4.8, as ptrace
+# itself. They must reach the kernel, as in test_seccomp.py.
+ALLOWED_SINCE_DOCKER_20_10 = ("name_to_handle_at", "process_vm_readv")
+
+
 @pytest.mark.parametrize("face", EVERY_FACE)
 def test_calls_dockers_profile_refuses_are_refused(container, face):
     if platform.machine() not in SYSCALLS:
@@ -548,10 +565,13 @@ def test_calls_dockers_profile_refuses_are_refused(container, face):
     got = container(face, [], cell=SYSCALL_PROBE)
     assert got.code == 0, got
     errnos = json.loads(got.out.strip().splitlines()[-1])
-    expected = {name: 38 if name == "clone3" else 1 for name in errnos}   # ENOSYS, EPERM
+    expected = {name: 38 if name == "clone3" else 1 for name in errnos    # ENOSYS, EPERM
+                if name not in ALLOWED_SINCE_DOCKER_20_10}
     reached = {name: os.strerror(e) if e else "succeeded" for name, e in errnos.items()
-               if e != expected[name]}
+               if name in expected and e != expected[name]}
     assert not reached, f"these calls reached the kernel: {reached}"
+    refused = [name for name in ALLOWED_SINCE_DOCKER_20_10 if errnos[name] == 1]
+    assert not refused, f"Docker's profile allows these, nsmagic refused them: {refused}"
 
 
 @pytest.mark.parametrize("face", AS_ROOT)
@@ -654,7 +674,7 @@ def test_the_callers_keyrings_are_out_of_reach(face, request):
     rings = {-3: "session", -4: "user", -5: "user session"}
     assert not said["planted"], ("the container planted a key in the caller's "
                                  + ", ".join(rings[r] for r in said["planted"]) + " keyring")
-    assert not leftovers(proc.pid)
+    assert not _left_by(proc.pid)
 
 
 # --- 6. cgroups from inside ------------------------------------------------------------

@@ -131,9 +131,21 @@ def _become_init(boot: BootConfig, fds: list[int], parent_alive: int, joined: bo
     except SetupError as err:
         status.send(error=str(err), code=EXIT_SETUP)
     except BaseException as err:  # noqa: BLE001 - a PID 1 must never print a traceback
-        status.send(error=f"container setup failed: {err!r}", code=EXIT_SETUP)
+        status.send(error=unexpected(err), code=EXIT_SETUP)
     finally:
         os._exit(EXIT_SETUP)
+
+
+def unexpected(err: BaseException) -> str:
+    """A sentence for a failure no setup step named (a step's own is a SetupError): the
+    system's words and the path, not a Python repr."""
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if err.filename else ""
+        what = (err.strerror or str(err)).lower() + where
+    else:
+        what = str(err) or type(err).__name__
+    return (f"container setup failed: {what}; run `nsmagic info` to see what this machine "
+            "allows, and report it if that shows nothing missing.")
 
 
 def _settle_fds(fds: list[int], parent_alive: int) -> None:
@@ -159,6 +171,7 @@ def _tie_to_parent() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     linux.set_name("nsmagic-spare")
+    linux.set_title("nsmagic-spare")   # not the cloned runner's command line and environment
 
 
 def _map_root_to_caller(uid: int, gid: int) -> None:
@@ -183,6 +196,9 @@ def _join_cgroup(procs_files: tuple[str, ...]) -> None:
 def _init(cfg: RunConfig, status: Status, go: socket.socket | None = None) -> None:
     """PID 1: set the container up, then run the workload (see workload.run). With `go` (a
     ready spare), it waits there for the run once the workload is started."""
+    # A ready spare's cell runs as soon as the runner says "go": its command line is the
+    # run's from now on; its name (what `nsmagic ps` tells spares by) changes once taken.
+    linux.set_title("nsmagic-init")
     if go is None:
         linux.set_name("nsmagic-init")
     linux.prctl(linux.PR_SET_DUMPABLE, 0)   # no /proc/1/exe for the workload (CVE-2019-5736)

@@ -14,7 +14,7 @@ from ..errors import CgroupError, NsmagicError, SetupError
 from ..spec import Spec
 from . import forkserver, stdio, teardown
 from .pid1 import Pid1
-from .runconfig import run_config
+from .runconfig import run_config, seccomp_filter
 from .spares import Spare, SpareKind, Spares, make_spare, ready_spec
 
 WARM_SPARES = True   # keep one PID 1 ready per kind of run (see Spares)
@@ -54,7 +54,8 @@ class Run:
         self.started = self.ended = 0.0
         self._status_buf = b""
         self._wants_stdio = out is not None, err is not None
-        self.warning: str | None = None
+        self.warning: str | None = None      # a banner: what this run does NOT enforce
+        self._warnings: list[str] = []
         self.marks: list[tuple[str, float]] = []
         self._refill: list[tuple[SpareKind, cgroups.Layout]] = []
 
@@ -67,6 +68,7 @@ class Run:
 
     def start(self) -> Run:
         self.mark("start")
+        self._filter()
         _sweep_once()
         teardown.install_hooks()
         spec, layout = self.spec, cgroups.detect()
@@ -96,6 +98,24 @@ class Run:
             raise
         return self
 
+    def _filter(self) -> None:
+        """Compile the seccomp filter here, once per option set (a missing libseccomp fails
+        the run before anything is made); run_config and spares then find it cached."""
+        spec = self.spec
+        _, took = seccomp_filter(spec)
+        if took is not None:
+            self.mark("seccomp filter compiled")
+        if spec.unconfined:
+            self._warn("running UNCONFINED: no namespaces, no overlay and no seccomp filter, "
+                       "so writes reach the host")
+        elif not spec.seccomp:
+            self._warn("seccomp filter OFF (--security-opt seccomp=unconfined): every system "
+                       "call reaches the kernel, nested user namespaces and keyctl included")
+
+    def _warn(self, text: str) -> None:
+        self._warnings.append(text)
+        self.warning = "; ".join(self._warnings)
+
     def _adopt(self, spare: Spare, kinds: list[SpareKind], layout: cgroups.Layout) -> None:
         self.mark("ready spare taken" if spare.kind.ready else
                   "spare taken" if spare.was_spare else "PID 1 cloned (runner)")
@@ -113,17 +133,12 @@ class Run:
         if self.cgroup and limits.any:
             self.cgroup.limits = limits
             self.cgroup.apply()
-        warnings = []
         if spare.cgroup_error and limits.any:
             if spec.strict or not self.rootless:
                 raise spare.cgroup_error
             self.limits_enforced = False
-            warnings.append(f"limits NOT enforced: {spare.cgroup_error} "
-                            "(--strict makes this an error)")
-        if spec.unconfined:
-            warnings.append("running UNCONFINED: no namespaces and no overlay, so writes "
-                            "reach the host")
-        self.warning = "; ".join(warnings) or None
+            self._warn(f"limits NOT enforced: {spare.cgroup_error} "
+                       "(--strict makes this an error)")
 
     def _go(self, spare: Spare) -> Run:
         """A ready spare: its PID 1 hears "go" (from then on it is this run's, not a spare);

@@ -1,13 +1,16 @@
 """A Spec turned into what PID 1 is sent (config.RunConfig): its root plan, its cgroup's
-files and mounts, its argv and environment."""
+files and mounts, its argv and environment, its seccomp filter."""
 
 from __future__ import annotations
 
 import sys
+import time
 
 from .. import cgroups
 from ..config import RunConfig
+from ..inside.workload import KEEP_CAPABILITIES
 from ..rootfs.plan import plan as plan_root
+from ..security import seccomp
 from ..spec import Spec
 
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -33,4 +36,18 @@ def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup
         custom_root=spec.rootfs is not None,
         unconfined=spec.unconfined,
         profile=spec.profile,
+        seccomp=seccomp_filter(spec)[0],
     )
+
+
+def seccomp_filter(spec: Spec) -> tuple[bytes | None, float | None]:
+    """The BPF program a run's PID 1 loads (None: no filter), and the seconds compiling it
+    took when this call compiled it (None when it came from the cache, once per option set
+    and process). --unconfined runs get none: they have no namespaces to keep either."""
+    if spec.unconfined or not spec.seccomp:
+        return None, None
+    if seccomp.is_compiled(KEEP_CAPABILITIES):
+        return seccomp.compile_filter(KEEP_CAPABILITIES), None
+    began = time.perf_counter()
+    program = seccomp.compile_filter(KEEP_CAPABILITIES)
+    return program, time.perf_counter() - began

@@ -159,6 +159,8 @@ def _libseccomp() -> ctypes.CDLL:
         "seccomp_arch_remove": (c_int, [ctx, u32]),
         "seccomp_syscall_resolve_name": (c_int, [ctypes.c_char_p]),
         "seccomp_syscall_resolve_name_arch": (c_int, [u32, ctypes.c_char_p]),
+        "seccomp_syscall_resolve_num_arch": (ctypes.c_void_p, [u32, c_int]),
+        "seccomp_version": (ctypes.c_void_p, []),
         "seccomp_rule_add_array": (c_int, [ctx, u32, c_int, ctypes.c_uint,
                                            ctypes.POINTER(_ArgCmp)]),
         "seccomp_attr_set": (c_int, [ctx, c_int, u32]),
@@ -201,6 +203,37 @@ def unknown_syscalls(arch: str | None = None) -> list[str]:
                   and lib.seccomp_syscall_resolve_name(n.encode()) == _NR_SCMP_ERROR)
 
 
+def version() -> str:
+    """This libseccomp's version, "2.5.4"."""
+    fields = ctypes.cast(_libseccomp().seccomp_version(), ctypes.POINTER(ctypes.c_uint * 3))
+    return ".".join(str(n) for n in fields.contents)
+
+
+def refusals(caps: frozenset[str], arch: str | None = None) -> tuple[list[str], list[str]]:
+    """Of the calls this libseccomp knows on `arch` (None: this machine), those the filter for
+    `caps` refuses whatever their arguments, and those it allows only with some (clone
+    without namespace flags, socket but AF_VSOCK, ...). Native calls only: a filter for
+    x86_64 also covers the x86 and x32 ABIs."""
+    from . import profile
+    from .capabilities import parse_all
+    lib, name = _libseccomp(), resolve_arch(arch)
+    token = lib.seccomp_arch_resolve_name(name.encode())
+    libc = ctypes.CDLL(None)
+    libc.free.argtypes = [ctypes.c_void_p]
+    known = set()
+    for number in range(1024):   # every table's native numbers are below 1024
+        text = lib.seccomp_syscall_resolve_num_arch(token, number)
+        if text:
+            known.add(ctypes.string_at(text).decode())
+            libc.free(text)
+    allowed, by_argument = set(), set()
+    for rule in profile.select(parse_all(caps), name, _kernel()):
+        if rule.action == profile.ALLOW:
+            (by_argument if rule.conds else allowed).update(rule.names)
+    by_argument -= allowed
+    return sorted(known - allowed - by_argument), sorted(known & by_argument)
+
+
 _PROGRAMS: dict[tuple[frozenset[str], str | None], bytes] = {}
 
 
@@ -215,6 +248,11 @@ def compile_filter(caps: frozenset[str], arch: str | None = None) -> bytes:
         program = _compile(parse_all(caps), resolve_arch(arch), _kernel())
         _PROGRAMS[key] = program
     return program
+
+
+def is_compiled(caps: frozenset[str], arch: str | None = None) -> bool:
+    """Whether compile_filter(caps, arch) would come from the cache (for --profile)."""
+    return (frozenset(caps), arch) in _PROGRAMS
 
 
 @functools.lru_cache(maxsize=32)
