@@ -180,6 +180,8 @@ def test_union_filesystems_whiteout_host_unchanged_second_run_clean(executed):
     assert "on the host: False" in text_of(cell(nb, "after = "))
     second = text_of(cell_containing(nb, "ls /etc/created-inside ||"))
     assert "written inside a container" not in second and "/etc/issue.net" in second
+    by_hand = text_of(cell_containing(nb, "unshare --user --map-root-user"))
+    assert "merged view:" in by_hand and "seccomp filter OFF" in by_hand, by_hand
     assert "whiteout: hides" in text_of(cell(nb, "import stat"))
     assert "c---------" in text_of(cell_containing(nb, 'echo; echo "upper:"'))
     image = text_of(cell_containing(nb, "--rootfs {image}"))

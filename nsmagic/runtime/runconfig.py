@@ -4,7 +4,6 @@ files and mounts, its argv and environment, its seccomp filter."""
 from __future__ import annotations
 
 import sys
-import time
 
 from .. import cgroups
 from ..config import RunConfig
@@ -46,8 +45,6 @@ def seccomp_filter(spec: Spec) -> tuple[bytes | None, float | None]:
     and process). --unconfined runs get none: they have no namespaces to keep either."""
     if spec.unconfined or not spec.seccomp:
         return None, None
-    if seccomp.is_compiled(KEEP_CAPABILITIES):
-        return seccomp.compile_filter(KEEP_CAPABILITIES), None
-    began = time.perf_counter()
+    cached = seccomp.is_compiled(KEEP_CAPABILITIES)
     program = seccomp.compile_filter(KEEP_CAPABILITIES)
-    return program, time.perf_counter() - began
+    return program, None if cached else seccomp.compile_cost(KEEP_CAPABILITIES)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import time
 
 from ..errors import NsmagicError, SetupError, SpecError
 
@@ -235,6 +236,7 @@ def refusals(caps: frozenset[str], arch: str | None = None) -> tuple[list[str], 
 
 
 _PROGRAMS: dict[tuple[frozenset[str], str | None], bytes] = {}
+_COSTS: dict[tuple[frozenset[str], str | None], float] = {}   # seconds each compile took
 
 
 def compile_filter(caps: frozenset[str], arch: str | None = None) -> bytes:
@@ -245,9 +247,17 @@ def compile_filter(caps: frozenset[str], arch: str | None = None) -> bytes:
     program = _PROGRAMS.get(key)
     if program is None:
         from .capabilities import parse_all
+        began = time.perf_counter()
         program = _compile(parse_all(caps), resolve_arch(arch), _kernel())
+        _COSTS[key] = time.perf_counter() - began
         _PROGRAMS[key] = program
     return program
+
+
+def compile_cost(caps: frozenset[str], arch: str | None = None) -> float | None:
+    """The seconds compile_filter(caps, arch) took in this process, when it compiled the
+    filter (None: not compiled yet). Later calls cost a dict lookup."""
+    return _COSTS.get((frozenset(caps), arch))
 
 
 def is_compiled(caps: frozenset[str], arch: str | None = None) -> bool:
