@@ -197,8 +197,10 @@ def _build(tp, value, where: str):
     if tp in _SCALARS and type(value) is tp:
         return value
     if tp is bytes and type(value) is str:
-        try:
-            return binascii.a2b_base64(value, strict_mode=True)
+        try:   # canonical base64 only (strict_mode= needs Python 3.11)
+            data = binascii.a2b_base64(value)
+            if binascii.b2a_base64(data, newline=False).decode() == value:
+                return data
         except binascii.Error:
             pass
     raise SetupError(f"the run's configuration has a malformed {where}.")
