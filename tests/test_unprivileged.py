@@ -70,7 +70,10 @@ def test_user_flag_needs_root(package):
     assert done.returncode == 125 and "--user needs root" in done.stderr
 
 
-def test_info_as_a_user_says_what_is_missing(package):
+def test_info_as_a_user_says_what_is_missing_and_leaves_no_probe_behind(package):
+    import glob
+    before = set(glob.glob("/tmp/nsmagic-probe-*"))
     done = as_user(package, "info")
     assert "Running as root:   no" in done.stdout
     assert "rootless" in done.stdout
+    assert set(glob.glob("/tmp/nsmagic-probe-*")) == before   # overlay's work/work is 000
