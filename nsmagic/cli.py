@@ -4,12 +4,19 @@ run needs."""
 
 from __future__ import annotations
 
-import os
-import sys
+import signal
 
-from .errors import NsmagicError, SpecError
+# Until a container exists, Ctrl-C may end this process as it ends any program (quietly,
+# nothing to clean up); a KeyboardInterrupt in the middle of an import prints a traceback.
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from .errors import NsmagicError, SpecError  # noqa: E402
 
 EXIT_SETUP = 125
+EXIT_INTERRUPTED = 128 + 2   # SIGINT, as a shell reports a program Ctrl-C ended
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +61,16 @@ def run(argv: list[str]) -> int:
     from . import core
     from .runtime import forkserver
     forkserver.use_in_process()   # this process is small and single-threaded
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # now a stop has work to do
     try:
         result = core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
     except core.Interrupted as stop:
         result = stop.result
-        print(f"nsmagic: interrupted; stopped with {result.stopped_by or 'no signal'}, "
-              "nothing left behind.", file=sys.stderr)
+        how = (f"stopped with {result.stopped_by}" if result.stopped_by else
+               "before the container started")
+        print(f"nsmagic: interrupted, {how}; nothing left behind.", file=sys.stderr)
+        if result.exit_code is None:
+            return EXIT_INTERRUPTED
     if spec.profile:
         print(result.profile_table(), file=sys.stderr)
     if args.json:

@@ -35,6 +35,8 @@ class Bind:
     target: str
     read_only: bool
     is_dir: bool        # decided in the runner: the source may be under /tmp, covered in PID 1
+    dev: bool = False   # device nodes in it open devices (nodev unless asked)
+    suid: bool = False  # set-id bits count (nosuid unless asked)
 
     def __post_init__(self):
         _absolute("volume source", self.source)
@@ -70,6 +72,15 @@ class RootPlan:
     dirs: tuple[Dir, ...]
     binds: tuple[Bind, ...]
     read_only: bool
+    storage: int                  # bytes the run may write to its root (the upper layers)
+    hidden: tuple[str, ...] = ()  # host paths the default root does not show (secrets)
+    resolv_conf: str = ""         # the container's /etc/resolv.conf
+
+    def __post_init__(self):
+        for path in self.hidden:
+            _absolute("hidden path", path)
+            if ".." in path.split("/"):
+                raise SetupError(f"the hidden path {path!r} is not a plain path.")
 
 
 @dataclass(frozen=True)

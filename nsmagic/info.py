@@ -12,6 +12,7 @@ import sys
 
 from .cgroups import detect
 from .errors import NsmagicError
+from .rootfs import secrets
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE_CODE = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
@@ -48,6 +49,7 @@ def gather() -> dict:
             "cgroup_layout": layout.kind, "cgroup": _cgroup_report(layout),
             "seccomp": seccomp}
     info["mode"], info["missing"] = _mode(info)
+    info["hidden"] = list(secrets.scan()) if info["root"] else []
     return info
 
 
@@ -175,6 +177,15 @@ def report(info: dict) -> str:
     lines.append(f"Overlayfs in a user namespace: {ok(info.get('overlay_in_user_ns'))}")
     lines += _seccomp_lines(info["seccomp"])
     lines.append(f"Python for cells:  {info['python']}")
+    lines.append("Root file system:  the host's /usr, /etc, /opt under a fresh upper layer; "
+                 "volumes nosuid, nodev")
+    if info["hidden"]:
+        shown = ", ".join(info["hidden"][:6]) + (", ..." if len(info["hidden"]) > 6 else "")
+        lines.append(f"Host secrets:      {len(info['hidden'])} paths hidden from the default "
+                     f"root ({shown}); --host-secrets shows them")
+    else:
+        lines.append("Host secrets:      none hidden (as a user, the container's root is you, "
+                     "who cannot read the host's secrets anyway)")
     if info["missing"]:
         lines.append("Missing:")
         lines += [f"  - {m}" for m in info["missing"]]

@@ -14,6 +14,8 @@ from .errors import SpecError
 
 NETWORKS = ("none", "host")
 DEFAULT_INTERVAL = 0.25   # seconds between samples of the cgroup counters
+DEFAULT_STORAGE = 1 << 30  # bytes a run may write to its root, as --storage-opt size=1G
+VOLUME_OPTIONS = ("ro", "rw", "dev", "suid")
 # Spec fields that shape one run's handling, not its container (see Spec.container_part).
 PER_RUN = ("script", "timeout", "raise_error", "strict", "name", "out_var", "err_var", "plot",
            "interval", "profile")
@@ -51,6 +53,8 @@ class Volume:
     source: str       # absolute host path, checked to exist
     target: str       # absolute path inside the container
     read_only: bool = False
+    dev: bool = False   # :dev lets device nodes in it open devices (nodev by default)
+    suid: bool = False  # :suid lets set-id bits count (nosuid by default)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class Spec:
     env: tuple[tuple[str, str], ...] = ()
     workdir: str = "/"
     read_only: bool = False
+    storage: int = DEFAULT_STORAGE       # bytes the run may write to its root (tmpfs upper)
+    host_secrets: bool = False           # show the host's files that are not world-readable
     user: tuple[int, int] | None = None
     timeout: float | None = None
     raise_error: bool = True
@@ -130,6 +136,8 @@ class Spec:
             env=tuple(_parse_env(e) for e in args.env),
             workdir=args.workdir,
             read_only=args.read_only,
+            storage=_parse_storage_opts(args.storage_opt),
+            host_secrets=args.host_secrets,
             user=_parse_user(args.user),
             timeout=args.timeout,
             raise_error=not getattr(args, "no_raise_error", False),
@@ -177,13 +185,17 @@ def _parse_pids(text):
 
 def _parse_volume(text: str) -> Volume:
     parts = text.split(":")
-    if len(parts) == 3 and parts[2] in ("ro", "rw"):
+    if len(parts) == 3 and set(parts[2].split(",")) <= set(VOLUME_OPTIONS):
         source, target, mode = parts
     elif len(parts) == 2:
         (source, target), mode = parts, "rw"
     else:
-        raise SpecError(f"-v {text!r} is not SRC:DST or SRC:DST:ro; "
-                        "give a host path and a container path, e.g. -v /data:/data:ro.")
+        raise SpecError(f"-v {text!r} is not SRC:DST or SRC:DST:OPTIONS (OPTIONS from "
+                        f"{', '.join(VOLUME_OPTIONS)}, comma-separated); give a host path and "
+                        "a container path, e.g. -v /data:/data:ro.")
+    options = set(mode.split(","))
+    if {"ro", "rw"} <= options:
+        raise SpecError(f"-v {text!r} says both ro and rw; keep one.")
     source = os.path.abspath(os.path.expanduser(source))
     if not os.path.exists(source):
         raise SpecError(f"-v {text!r}: the host path {source} does not exist; "
@@ -191,7 +203,23 @@ def _parse_volume(text: str) -> Volume:
     if not target.startswith("/") or "\0" in target:
         raise SpecError(f"-v {text!r}: the container path {target!r} must be absolute, "
                         "such as /data.")
-    return Volume(source, os.path.normpath(target), mode == "ro")
+    return Volume(source, os.path.normpath(target), "ro" in options, "dev" in options,
+                  "suid" in options)
+
+
+def _parse_storage_opts(texts: list[str]) -> int:
+    """Docker's --storage-opt size=SIZE; the only option there is here."""
+    size = DEFAULT_STORAGE
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if key != "size" or not sep:
+            raise SpecError(f"--storage-opt {text!r} is not known; the one storage option is "
+                            "size=SIZE, e.g. --storage-opt size=2G.")
+        size = parse_size(value, "--storage-opt size")
+        if size < 4 << 20:
+            raise SpecError(f"--storage-opt {text!r} is too small to build a root in; give "
+                            "at least 4M.")
+    return size
 
 
 def _parse_env(text: str) -> tuple[str, str]:
@@ -354,6 +382,12 @@ def build_parser(parser_class=OptionParser, prog="%%container",
                    help="set an environment variable")
     p.add_argument("-w", "--workdir", default="/", metavar="DIR", help="working directory inside")
     p.add_argument("--read-only", action="store_true", help="mount the root read-only")
+    p.add_argument("--storage-opt", action="append", default=[], metavar="size=SIZE",
+                   help="what the run may write to its root (the upper layer, a tmpfs that "
+                        "counts against --mem), default size=1G")
+    p.add_argument("--host-secrets", action="store_true",
+                   help="show the host's files that are not world-readable (/etc/shadow, "
+                        "keys...), which the default root hides")
     p.add_argument("-u", "--user", metavar="UID[:GID]", help="run as this user inside")
     p.add_argument("--timeout", type=_float_arg("--timeout"), metavar="SECONDS",
                    help="kill the container after this long")

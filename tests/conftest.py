@@ -95,3 +95,46 @@ def busybox_root(tmp_path_factory):
         (root / d).mkdir()
     (root / "etc" / "motd").write_text("busybox image\n")
     return str(root)
+
+
+# --- what the tests run as user nobody: an interpreter and a copy of the checkout
+
+_nobody_note: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def nobody_python() -> str:
+    """An interpreter user nobody can run, with the dependencies and test extras (see
+    tests/nobody.py): this venv's own, or the one tests/install-deps makes from
+    /usr/bin/python3 when this one is out of nobody's reach; which one is said at the end."""
+    import nobody
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to a user")
+    python, note = nobody.choose()
+    _nobody_note.append(note)
+    if python is None:
+        pytest.fail(note, pytrace=False)
+    return python
+
+
+@pytest.fixture(scope="session")
+def nobody_checkout(tmp_path_factory) -> str:
+    """A copy of this checkout's package, tests and pyproject.toml that any user can read
+    (the checkout may sit under root's home): PYTHONPATH or cwd for what runs as nobody."""
+    where = tmp_path_factory.mktemp("checkout")
+    skip = shutil.ignore_patterns("__pycache__", "output")
+    shutil.copytree(os.path.join(REPO, "nsmagic"), where / "nsmagic", ignore=skip)
+    shutil.copytree(os.path.join(REPO, "tests"), where / "tests", ignore=skip)
+    shutil.copy(os.path.join(REPO, "pyproject.toml"), where / "pyproject.toml")
+    for d in [where, *where.parents]:
+        if str(d) in ("/", "/tmp"):
+            break
+        os.chmod(d, 0o755)
+    subprocess.run(["chmod", "-R", "a+rX", str(where)], check=True)
+    return str(where)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _nobody_note:
+        terminalreporter.write_sep("-", "user nobody's Python")
+        terminalreporter.write_line(_nobody_note[0])

@@ -6,16 +6,29 @@ from __future__ import annotations
 import glob
 import os
 import subprocess
+import time
 
 
-def leftovers(owner: int | None = None) -> list[str]:
+def leftovers(owner: int | None = None, within: float = 5.0) -> list[str]:
     """What runs of `owner` (default: this process) left behind: cgroups (named
     nsmagic-<owner pid>-<id>), host mounts, processes in such groups. Other processes' runs
     (a notebook open meanwhile) are not ours to judge, nor is this process's ready spare
-    (a PID 1 kept waiting for the next run, by design)."""
+    (a PID 1 kept waiting for the next run, by design).
+
+    Another process (a CLI) may have left its teardown to a process of its own, which
+    finishes after it exits: its leftovers get `within` seconds to go."""
     from nsmagic.core import settle
     spares = settle() if owner is None else set()
-    mine = f"nsmagic-{owner or os.getpid()}-"
+    deadline = time.monotonic() + (within if owner is not None else 0)
+    while True:
+        found = _scan(owner or os.getpid(), spares)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.02)
+
+
+def _scan(owner: int, spares: set[str]) -> list[str]:
+    mine = f"nsmagic-{owner}-"
     found = [d for d in glob.glob("/sys/fs/cgroup/**/" + mine + "*", recursive=True)
              if os.path.isdir(d) and os.path.basename(d) not in spares]
     with open("/proc/self/mountinfo") as f:
@@ -33,7 +46,7 @@ def leftovers(owner: int | None = None) -> list[str]:
 
 
 def processes_left(owner: int) -> list[str]:
-    return [line for line in leftovers(owner) if line.startswith("process")]
+    return [line for line in leftovers(owner, within=0) if line.startswith("process")]
 
 
 def mounts_under(path: str) -> list[str]:

@@ -121,7 +121,7 @@ def test_a_runners_spares_are_no_containers_and_go_when_the_runner_exits(what, s
     spares = json.loads(runner.stdout.readline().replace("'", '"'))
     assert len(spares) == spares_made
     assert all(s.startswith(f"nsmagic-{runner.pid}-") for s in spares), spares
-    there = leftovers(runner.pid)
+    there = leftovers(runner.pid, within=0)   # while it lives, its spares are there
     assert all(any(s in line for line in there) for s in spares)   # they exist...
     assert str(runner.pid) not in nsmagic("ps").stdout             # ...but are no containers
     runner.communicate("\n", timeout=30)

@@ -219,3 +219,23 @@ def test_info_shows_the_filter():
                           capture_output=True, text=True, timeout=60).stdout
     assert "Seccomp filter:    on, Docker's default profile" in text, text
     assert f"refuses          {len(facts['refused'])} calls" in text, text
+
+
+@pytest.mark.kernel
+@needs_root
+def test_a_run_without_libseccomp_fails_with_the_sentence_unless_unconfined():
+    lib = os.path.realpath("/lib/x86_64-linux-gnu/libseccomp.so.2")
+    if not os.path.exists(lib):
+        pytest.skip("this test hides Debian's x86_64 libseccomp.so.2, not present here")
+    # A private mount namespace where the library is an empty file: dlopen fails.
+    script = ('mount --bind /dev/null "$1" && shift && "$@" -- true; echo "rc=$?"; '
+              '"$@" --security-opt seccomp=unconfined -- true; echo "rc=$?"')
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script, "-", lib, sys.executable,
+                           "-m", "nsmagic", "run"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["rc=125", "rc=0"], done
+    first, banner = done.stderr.splitlines()
+    assert first == ("nsmagic: can't build the seccomp filter: libseccomp is missing; install "
+                     "the libseccomp2 package (apt-get install libseccomp2) or run with "
+                     "--security-opt seccomp=unconfined."), done
+    assert banner.startswith("nsmagic: seccomp filter OFF"), done

@@ -2,37 +2,28 @@
 overlay with userxattr, and a banner when cgroup limits cannot be enforced."""
 
 import os
-import shutil
 import subprocess
 
 import pytest
-from conftest import REPO
 
 pytestmark = [pytest.mark.unprivileged,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to a user")]
 
 NOBODY = 65534
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else None
+# Debian's own Python, with nothing but the package: the CLI needs no dependency to run.
+PYTHON = "/usr/bin/python3"
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory):
+def package(nobody_checkout):
     """A copy of nsmagic any user can read (the checkout may sit under root's home)."""
-    if PYTHON is None:
-        pytest.fail("no /usr/bin/python3 for the unprivileged user")
-    where = tmp_path_factory.mktemp("unprivileged")
-    shutil.copytree(os.path.join(REPO, "nsmagic"), where / "nsmagic",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for d in [where, *where.parents]:
-        if str(d) in ("/", "/tmp"):
-            break
-        os.chmod(d, 0o755)
-    subprocess.run(["chmod", "-R", "a+rX", str(where)], check=True)
-    return str(where)
+    if not os.path.exists(PYTHON):
+        pytest.fail(f"no {PYTHON} for the unprivileged user: apt-get install python3")
+    return nobody_checkout
 
 
-def as_user(package, *args, stdin=None):
-    return subprocess.run([PYTHON, "-m", "nsmagic", *args], input=stdin, capture_output=True,
+def as_user(package, *args, stdin=None, python=PYTHON):
+    return subprocess.run([python, "-m", "nsmagic", *args], input=stdin, capture_output=True,
                           text=True, timeout=60, user=NOBODY, group=NOBODY, extra_groups=[],
                           cwd="/", env={"PYTHONPATH": package, "PATH": "/usr/bin:/bin",
                                         "HOME": "/"})
@@ -58,6 +49,14 @@ def test_python_cell_as_a_user(package):
     assert done.stdout.strip() == "2 0", done
 
 
+def test_python_cell_as_a_user_from_a_venv(package, nobody_python):
+    """A user's venv (the one the other unprivileged tests use): its prefix and the base
+    Python's are bound into the container, and the cell imports from its site-packages."""
+    done = as_user(package, "run", python=nobody_python,
+                   stdin="import os, sys, pyroute2; print(os.getpid(), sys.prefix)")
+    assert done.stdout.split() == ["2", os.path.dirname(os.path.dirname(nobody_python))], done
+
+
 def test_limits_without_delegation_get_a_banner_and_strict_refuses(package):
     done = as_user(package, "run", "--mem", "64M", "--", "true")
     assert done.returncode == 0
@@ -71,7 +70,10 @@ def test_user_flag_needs_root(package):
     assert done.returncode == 125 and "--user needs root" in done.stderr
 
 
-def test_info_as_a_user_says_what_is_missing(package):
+def test_info_as_a_user_says_what_is_missing_and_leaves_no_probe_behind(package):
+    import glob
+    before = set(glob.glob("/tmp/nsmagic-probe-*"))
     done = as_user(package, "info")
     assert "Running as root:   no" in done.stdout
     assert "rootless" in done.stdout
+    assert set(glob.glob("/tmp/nsmagic-probe-*")) == before   # overlay's work/work is 000

@@ -256,6 +256,13 @@ def layout_run(request):
     missing = [f for f in _guest_test_files(args) if not (REPO / f).exists()]
     run_pytest = _wants_guest_pytest(request.session, layout) and not missing
     py = GUEST_PYTHON if GUEST_PYTHON.exists() else Path(sys.executable)
+    cwd = REPO
+    if layout == "v2-delegated":
+        # The guest's command runs as uid 65534, which may not reach this checkout (under
+        # root's home) or its venv's Python (pyenv's): a Python nobody can run, in a copy
+        # of the checkout nobody can read (conftest.nobody_python, nobody_checkout).
+        py = request.getfixturevalue("nobody_python")
+        cwd = request.getfixturevalue("nobody_checkout")
     t0 = time.monotonic()
     # Once (in one CI run of many) an emulated guest hung here with no sign from its kernel or
     # the tests; it has not come back in 20 reruns. A guest that times out is booted once
@@ -266,7 +273,7 @@ def layout_run(request):
             result = harness.boot_and_run(
                 layout,
                 ["/bin/sh", f"{harness.GUEST_JOB}/driver.sh", *args, "-q", "-rA"],
-                cwd=REPO,
+                cwd=cwd,
                 env={"GUEST_PY": str(py), "RUN_PYTEST": "1" if run_pytest else "0"},
                 files={"probe.py": PROBE, "driver.sh": DRIVER},
                 timeout=VM_TIMEOUT,

@@ -214,13 +214,14 @@ def _build_container(cfg: RunConfig, status: Status) -> None:
     # --- root file system. Sources are opened in this mount namespace (overlay refuses a
     # lower layer from another one) and before the scratch tmpfs covers /tmp.
     fds = root.open_sources(cfg.plan)
-    new_root = root.build(cfg.plan, fds, cfg.rootless)
+    try:
+        new_root = root.build(cfg.plan, fds, cfg.rootless)
+    finally:
+        fds.close()
     status.mark("overlay root built")
-    root.write_identity(new_root, cfg.hostname)
-    kernelfs.mount_all(new_root, cfg.cgroup_mounts)
+    root.write_identity(new_root, cfg.plan, cfg.hostname)
+    kernelfs.mount_all(new_root, cfg.rootless, cfg.cgroup_mounts)
     status.mark("/proc /dev /sys mounted")
-    for fd in fds.values():
-        os.close(fd)
     if cfg.plan.read_only:
         root.make_read_only(new_root, cfg.plan)
     root.enter(new_root)

@@ -260,3 +260,66 @@ def loopback_up() -> None:
         req = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+# --- paths resolved by the kernel inside a root, and mounts made through fds (5.2+, 5.12+)
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x01
+MOUNT_ATTR_NOSUID = 0x02
+MOUNT_ATTR_NODEV = 0x04
+MOUNT_ATTR_NOEXEC = 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """open(2) with the kernel resolving `path` under `dir_fd` as `resolve` says (with
+    RESOLVE_IN_ROOT, "/" and ".." stop at dir_fd and absolute symlinks start there)."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return _check(_libc.syscall(syscall_number("openat2"), dir_fd, _b(path), ctypes.byref(how),
+                                ctypes.sizeof(how)), path)
+
+
+def open_tree(path: str, flags: int, dir_fd: int = -100) -> int:
+    """A detached copy of the mount at `path` (OPEN_TREE_CLONE; AT_RECURSIVE: with its
+    submounts), to set attributes on and move into place."""
+    return _check(_libc.syscall(syscall_number("open_tree"), dir_fd, _b(path),
+                                flags | os.O_CLOEXEC), path)
+
+
+def move_mount(tree_fd: int, target_fd: int) -> None:
+    """Attach a detached tree on the directory or file `target_fd` names."""
+    _check(_libc.syscall(syscall_number("move_mount"), tree_fd, b"", target_fd, b"",
+                         MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH))
+
+
+def mount_setattr(fd: int, attr_set: int, recursive: bool = True) -> None:
+    """Set mount attributes (read-only, nosuid, nodev) on the mount `fd` names, and with
+    `recursive` on every mount under it, in one call."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    _check(_libc.syscall(syscall_number("mount_setattr"), fd, b"",
+                         AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0),
+                         ctypes.byref(attr), ctypes.sizeof(attr)))
+
+
+def fd_path(fd: int) -> str:
+    """A path the kernel resolves to exactly what `fd` names (a mount target chosen by fd)."""
+    return f"/proc/self/fd/{fd}"

@@ -98,6 +98,9 @@ def probe(program: bytes | None = None) -> dict:
                 os.mkdir(os.path.join(tmp, n))
             out[key] = _in_child(lambda t=tmp, u=user_ns: _overlay(t, u))
         finally:
+            # overlay leaves its work/work at mode 000: let rmtree in
+            if os.path.isdir(os.path.join(tmp, "work", "work")):
+                os.chmod(os.path.join(tmp, "work", "work"), 0o700)
             shutil.rmtree(tmp, ignore_errors=True)
     if program:
         out["seccomp_load_ms"] = _seccomp_load_ms(program)

@@ -8,6 +8,7 @@ import sys
 
 from ..config import Bind, Dir, Layer, Link, RootPlan
 from ..spec import Spec
+from . import secrets
 
 # The host's system directories: the default image. Never /home, /root, /tmp, /srv, /mnt or
 # the notebook's own folder: user data enters only through a volume.
@@ -35,7 +36,7 @@ def python_prefixes() -> list[str]:
     return sorted(set(found))
 
 
-def plan(spec: Spec) -> RootPlan:
+def plan(spec: Spec, rootless: bool) -> RootPlan:
     """What the root is made of, for PID 1 to build (see inside/root.build)."""
     layers, links, binds = [], [], []
     if spec.rootfs:
@@ -54,6 +55,27 @@ def plan(spec: Spec) -> RootPlan:
             for prefix in python_prefixes():
                 binds.append(Bind(prefix, prefix, read_only=True, is_dir=True))
     for v in spec.volumes:
-        binds.append(Bind(v.source, v.target, v.read_only, os.path.isdir(v.source)))
+        binds.append(Bind(v.source, v.target, v.read_only, os.path.isdir(v.source), v.dev,
+                          v.suid))
     dirs = () if spec.rootfs else tuple(Dir(path, mode) for path, mode in EMPTY_DIRS.items())
-    return RootPlan(tuple(layers), tuple(links), dirs, tuple(binds), spec.read_only)
+    return RootPlan(tuple(layers), tuple(links), dirs, tuple(binds), spec.read_only,
+                    storage=spec.storage, hidden=_hidden(spec, rootless),
+                    resolv_conf=_resolv_conf())
+
+
+def _hidden(spec: Spec, rootless: bool) -> tuple[str, ...]:
+    """The host's secrets, hidden from a root run on the default root. (In a user namespace
+    the container's root is the calling user, who cannot read them anyway.)"""
+    if spec.rootfs or spec.host_secrets or rootless:
+        return ()
+    return secrets.hidden()
+
+
+def _resolv_conf() -> str:
+    """The host's resolvers, as Docker copies them (with --network none they answer nothing,
+    but a program that reads the file finds one)."""
+    try:
+        with open("/etc/resolv.conf") as f:
+            return f.read(65536)
+    except OSError:
+        return ""

@@ -24,7 +24,7 @@ def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup
         hostname=hostname,
         network=spec.network,
         rootless=rootless,
-        plan=plan_root(spec),
+        plan=plan_root(spec, rootless),
         cgroup_namespace=cgroup is not None,
         cgroup_mounts=cgroup.mounts_inside() if cgroup else (),
         argv=spec.command or (sys.executable, "-u", "-"),

@@ -15,6 +15,7 @@ import threading
 
 from .. import cgroups
 from ..errors import NsmagicError
+from ..rootfs import secrets
 from . import forkserver, stdio
 from .pid1 import Pid1
 from .spares import SpareKind, Spares
@@ -47,6 +48,7 @@ class Teardown:
                     cls._left.append(cgroup)
                 for kind, layout in refill:   # the next run's spares, once this one is gone
                     Spares.refill(kind, layout)
+                secrets.refresh()
             except Exception:  # noqa: BLE001 - this thread must live: settle() waits on it
                 pass
             finally:

@@ -1,0 +1,161 @@
+"""Faults found by reading the code (issue 10), each with the behaviour that was wrong:
+the cgroup layer's edges (a delegated group's leaf swept, a kill that gave up silently, a
+limit file that is not a number) and the CLI interrupted at any point of a run."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, leftovers, needs_root
+
+from nsmagic import cgroups
+from nsmagic.cgroups.base import read_limit
+from nsmagic.cgroups.layout import Layout
+from nsmagic.cgroups.v2 import LEAF, CgroupV2
+from nsmagic.errors import CgroupError
+
+UNIFIED = "/sys/fs/cgroup/unified"   # this kind of machine: a cgroup2 beside the v1 ones
+
+
+@pytest.mark.core
+def test_a_limit_file_that_is_not_a_number_is_one_sentence(tmp_path):
+    (tmp_path / "memory.max").write_text("banana\n")
+    with pytest.raises(CgroupError, match="memory.max.*'banana' is not a number"):
+        read_limit(str(tmp_path / "memory.max"))
+    (tmp_path / "pids.max").write_text("max\n")
+    assert read_limit(str(tmp_path / "pids.max")) is None
+
+
+def _cgroup2() -> str:
+    """A cgroup2 hierarchy to make scratch groups in: the unified one beside v1 here, or
+    /sys/fs/cgroup where it is v2."""
+    layout = cgroups.detect()
+    if layout.v2_mount is None:
+        pytest.skip("this kernel has no cgroup2 hierarchy mounted")
+    return layout.v2_mount
+
+
+def _sleeper_in(group: str) -> subprocess.Popen:
+    proc = subprocess.Popen(["sleep", "60"])
+    with open(f"{group}/cgroup.procs", "w") as f:
+        f.write(str(proc.pid))
+    return proc
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.kernel
+@needs_root
+def test_sweep_never_touches_a_delegated_groups_leaf(tmp_path):
+    """A delegated v2 group's own processes (the runner, a Jupyter server, other kernels)
+    move to its leaf; sweep removes dead runners' run groups beside it, never the leaf,
+    whoever made it (the old leaf, named after the runner that made it, was killed with
+    everything in it once that runner died)."""
+    mount = _cgroup2()
+    scope = f"{mount}/nsmagic-test-scope-{os.getpid()}"
+    os.mkdir(scope)
+    os.mkdir(f"{scope}/{LEAF}")
+    dead_run = f"{scope}/nsmagic-{_dead_pid()}-abc"
+    os.mkdir(dead_run)
+    kept, gone = _sleeper_in(f"{scope}/{LEAF}"), _sleeper_in(dead_run)
+    try:
+        layout = Layout("v2", v2_mount=mount, v2_path=scope[len(mount):] + "/" + LEAF)
+        removed = cgroups.sweep(layout)
+        assert removed == [dead_run]
+        assert kept.poll() is None, "the leaf's process was killed"
+        assert gone.wait(5) == -signal.SIGKILL
+        assert os.path.isdir(f"{scope}/{LEAF}")
+    finally:
+        for proc in (kept, gone):
+            proc.kill()
+            proc.wait()
+        for group in (dead_run, f"{scope}/{LEAF}", scope):
+            for _ in range(100):
+                try:
+                    os.rmdir(group)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+
+
+@pytest.fixture
+def v2_group():
+    mount = _cgroup2()
+    path = f"{mount}/nsmagic-test-kill-{os.getpid()}"
+    os.mkdir(path)
+    group = CgroupV2.attach(os.path.basename(path), path, cgroups.detect())
+    yield group
+    group.kill()
+    os.rmdir(path)
+
+
+@pytest.mark.kernel
+@needs_root
+def test_the_freeze_and_kill_fallback_kills_for_real(v2_group, monkeypatch):
+    """Where the kernel has no cgroup.kill (before 5.14), kill() freezes, kills, thaws."""
+    sleeper = _sleeper_in(v2_group.dir)
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists",
+                        lambda p: False if p.endswith("cgroup.kill") else real_exists(p))
+    v2_group.kill()
+    assert sleeper.wait(5) == -signal.SIGKILL and v2_group.pids() == []
+
+
+@pytest.mark.kernel
+@needs_root
+def test_the_freeze_and_kill_fallback_says_when_it_gives_up(v2_group, monkeypatch):
+    """Processes that outlive every round (here: a kill that never lands) are one sentence,
+    not a silent return with the group still full."""
+    sleeper = _sleeper_in(v2_group.dir)
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists",
+                        lambda p: False if p.endswith("cgroup.kill") else real_exists(p))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: None)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    try:
+        with pytest.raises(CgroupError, match="kept coming back"):
+            v2_group.kill()
+    finally:
+        monkeypatch.undo()
+        sleeper.kill()
+        sleeper.wait()
+
+
+def _group_made(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if glob.glob(f"/sys/fs/cgroup/*/nsmagic-{pid}-*") or glob.glob(
+                f"/sys/fs/cgroup/**/nsmagic-{pid}-*", recursive=True):
+            return True
+        time.sleep(0.002)
+    return False
+
+
+@pytest.mark.kernel
+@needs_root
+@pytest.mark.parametrize("after", [0.0, 0.005, 0.02, 0.1, 0.3])
+def test_the_cli_interrupted_at_any_point_of_a_run_says_so_in_one_line(after):
+    """Ctrl-C while the run starts (its group just made), runs or ends: one line, exit 130
+    or the container's status, no traceback, nothing left behind. (A stop during start()
+    carries no result of a stopped container, and the CLI read one.)"""
+    cli = subprocess.Popen([sys.executable, "-m", "nsmagic", "run", "--mem", "64M", "--",
+                            "sleep", "0.3"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    assert _group_made(cli.pid), "the run's group never appeared"
+    time.sleep(after)
+    cli.send_signal(signal.SIGINT)
+    err = cli.communicate(timeout=30)[1]
+    assert "Traceback" not in err, err
+    assert cli.returncode == 0 or cli.returncode >= 128, (cli.returncode, err)
+    if cli.returncode:
+        assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+    assert leftovers(cli.pid) == []
