@@ -47,8 +47,12 @@ def run(cfg: RunConfig, status, go: socket.socket | None = None) -> None:
     forward_to: list[int] = []
     for sig in FORWARDED:
         signal.signal(sig, lambda s, _f: [_kill_group(p, s) for p in forward_to])
+    # Held until the workload's pid is known: a signal sent as soon as the workload writes
+    # (SIGPIPE for a closed reader, Ctrl-C) would otherwise find nobody to forward to.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     pid = _spawn(cfg, path, env, status)
     forward_to.append(pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     status.mark("workload spawned")
     if go is not None:   # a ready spare; dropped unused, it takes its interpreter along
         _wait_for_go(go, pid, status)
