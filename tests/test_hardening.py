@@ -6,6 +6,7 @@ check the pieces one at a time."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -64,19 +65,21 @@ def test_the_filter_is_part_of_the_container_a_spare_is_made_for():
 # --- the run's config ----------------------------------------------------------------------
 
 def _run_config(**changes) -> config.RunConfig:
-    fields = dict(hostname="h", network="none", rootless=False,
-                  plan=config.RootPlan((), (), (), (), False), cgroup_namespace=False,
-                  cgroup_mounts=(), argv=("true",), env=(), workdir="/", user=None,
-                  python_cell=False, custom_root=False, unconfined=False, profile=False)
-    return config.RunConfig(**dict(fields, **changes))
+    """A RunConfig as the runner builds it for `-- true`, with `changes`."""
+    from nsmagic import cgroups
+    from nsmagic.runtime.runconfig import run_config
+    made = run_config(Spec.from_argv(["--", "true"]), "h", False, None, cgroups.detect())
+    return dataclasses.replace(made, **changes)
 
 
 @pytest.mark.core
 def test_the_filter_crosses_to_pid_1_byte_for_byte():
     program = seccomp.compile_filter(capabilities.DOCKER_DEFAULT - {"CAP_MKNOD"})
-    sent = _run_config(seccomp=program)
+    sent = _run_config()
+    assert sent.seccomp == program            # what every run's PID 1 is sent by default
     assert config.decode(config.RunConfig, config.encode(sent)) == sent
-    assert config.decode(config.RunConfig, config.encode(_run_config())).seccomp is None
+    none = _run_config(seccomp=None)
+    assert config.decode(config.RunConfig, config.encode(none)).seccomp is None
 
 
 @pytest.mark.core
