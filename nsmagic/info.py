@@ -58,15 +58,17 @@ def _seccomp_report() -> tuple[dict, bytes | None]:
     to compile (in the runner, once per option set) and, filled in by the probe, to load (in
     each run's PID 1). Its program too, for the probe to load."""
     from .inside.workload import KEEP_CAPABILITIES
-    from .security import seccomp
+    from .security import filtercache, seccomp
     try:
         program = seccomp.compile_filter(KEEP_CAPABILITIES)
-        compile_ms = seccomp.compile_cost(KEEP_CAPABILITIES) * 1e3   # this process's compile
+        took = (seccomp.compile_cost(KEEP_CAPABILITIES)        # this process's compile, or one
+                or seccomp.time_compile(KEEP_CAPABILITIES))    # now (it came from the cache)
         refused, by_argument = seccomp.refusals(KEEP_CAPABILITIES)
         report = {"filter": "on", "libseccomp": seccomp.version(), "arch": seccomp.native_arch(),
                   "instructions": len(program) // seccomp.BPF_INSTRUCTION_SIZE,
                   "refused": refused, "by_argument": by_argument,
-                  "unknown": seccomp.unknown_syscalls(), "compile_ms": compile_ms}
+                  "unknown": seccomp.unknown_syscalls(), "compile_ms": took * 1e3,
+                  "kept_in": filtercache.directory()}
     except NsmagicError as err:
         return {"filter": "unavailable", "error": str(err)}, None
     return report, program
@@ -83,8 +85,9 @@ def _seccomp_lines(sc: dict) -> list[str]:
              "turns it off)",
              f"  refuses          {len(sc['refused'])} calls of {sc['arch']} outright, "
              f"{len(sc['by_argument'])} by argument ({', '.join(sc['by_argument'])})",
-             f"  costs            {sc['compile_ms']:.1f} ms to compile, once per option set; "
-             + load]
+             f"  costs            {sc['compile_ms']:.1f} ms to compile, once per option set"
+             + (f" (kept in {sc['kept_in']} for later processes)" if sc["kept_in"] else "")
+             + f"; {load}"]
     if sc["unknown"]:
         lines.append(f"  unknown to libseccomp {sc['libseccomp']}, so refused: "
                      + " ".join(sc["unknown"]))

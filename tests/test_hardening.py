@@ -17,7 +17,7 @@ from conftest import REPO, needs_root, run_spec
 
 from nsmagic import config
 from nsmagic.errors import SetupError, SpecError
-from nsmagic.security import capabilities, seccomp
+from nsmagic.security import capabilities, filtercache, seccomp
 from nsmagic.spec import Spec
 
 # Docker's default set less MKNOD: the workload's CapPrm and CapEff (Docker's is 0xa80425fb).
@@ -105,6 +105,74 @@ def test_one_capability_table():
     assert capabilities.mask(workload.KEEP_CAPABILITIES) == WORKLOAD_CAPS
 
 
+# --- the filter kept between processes (each CLI run is one) ------------------------------
+
+@pytest.fixture
+def kept(tmp_path, monkeypatch):
+    """A private directory standing in for /run/nsmagic."""
+    where = tmp_path / "nsmagic"
+    where.mkdir(mode=0o700)
+    monkeypatch.setattr(filtercache, "directory", lambda: str(where))
+    return where
+
+
+@pytest.mark.core
+def test_a_filter_compiled_once_is_read_back_by_the_next_process(kept, monkeypatch):
+    caps = capabilities.DOCKER_DEFAULT - {"CAP_MKNOD"}
+    for fresh_process in range(2):
+        monkeypatch.setattr(seccomp, "_PROGRAMS", {})
+        monkeypatch.setattr(seccomp, "_COSTS", {})
+        seccomp._program.cache_clear()
+        program = seccomp.compile_filter(caps)
+        assert (seccomp.compile_cost(caps) is None) == bool(fresh_process)
+    assert program == seccomp._compile.__wrapped__(caps, seccomp.native_arch(),
+                                                   seccomp._kernel())
+    (only,) = os.listdir(kept)
+    assert only.startswith(f"seccomp-{seccomp.native_arch()}-") and only.endswith(".bpf")
+    assert f"-libseccomp{seccomp.version()}-caps{capabilities.mask(caps):x}-" in only
+    assert os.stat(kept / only).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.core
+def test_a_kept_filter_names_everything_it_depends_on():
+    names = {filtercache.name(0xA00425FB, "x86_64", (6, 1), "2.5.4"),
+             filtercache.name(0xA80425FB, "x86_64", (6, 1), "2.5.4"),
+             filtercache.name(0xA00425FB, "aarch64", (6, 1), "2.5.4"),
+             filtercache.name(0xA00425FB, "x86_64", (4, 4), "2.5.4"),
+             filtercache.name(0xA00425FB, "x86_64", (6, 1), "2.6.0")}
+    assert len(names) == 5
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("spoil", ["group-writable", "symlink", "short", "empty",
+                                   "open directory"])
+def test_a_kept_filter_that_is_not_to_be_trusted_is_not_used(kept, spoil):
+    filtercache.write("f.bpf", bytes(16))
+    assert filtercache.read("f.bpf") == bytes(16)
+    path = kept / "f.bpf"
+    if spoil == "group-writable":
+        path.chmod(0o620)
+    elif spoil == "symlink":
+        path.rename(kept / "g.bpf")
+        path.symlink_to(kept / "g.bpf")
+    elif spoil == "short":
+        path.write_bytes(bytes(15))
+    elif spoil == "empty":
+        path.write_bytes(b"")
+    else:
+        kept.chmod(0o755)
+    assert filtercache.read("f.bpf") is None
+
+
+@pytest.mark.core
+def test_no_filter_is_kept_without_a_private_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(filtercache.os, "geteuid", lambda: 12345)   # not root
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))            # not this user's
+    assert filtercache.directory() is None
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert filtercache.directory() is None
+
+
 # --- in a run ------------------------------------------------------------------------------
 
 STATUS = ("grep -E '^(Cap(Inh|Prm|Eff)|NoNewPrivs|Seccomp):' /proc/self/status /proc/1/status"
@@ -153,7 +221,9 @@ def test_unconfined_seccomp_loads_no_filter_and_says_so(capsys):
 @needs_root
 @pytest.mark.usefixtures("no_leaks")
 def test_profile_shows_the_load_each_run_and_the_compile_once(monkeypatch):
-    monkeypatch.setattr(seccomp, "_PROGRAMS", {})   # as in a process that compiled none yet
+    monkeypatch.setattr(seccomp, "_PROGRAMS", {})   # as in a process that compiled none yet,
+    monkeypatch.setattr(filtercache, "directory", lambda: None)   # on a host that kept none
+    seccomp._program.cache_clear()
     first = run_spec(["--profile", "--", "true"]).result.profile
     second = run_spec(["--profile", "--", "true"]).result.profile
     steps = [[step for step, _ in marks] for marks in (first, second)]

@@ -41,8 +41,9 @@ def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup
 
 def seccomp_filter(spec: Spec) -> tuple[bytes | None, float | None]:
     """The BPF program a run's PID 1 loads (None: no filter), and the seconds compiling it
-    took when this call compiled it (None when it came from the cache, once per option set
-    and process). --unconfined runs get none: they have no namespaces to keep either."""
+    took when this call compiled it (None when it came from this process's cache or an
+    earlier process's, see security/filtercache.py). --unconfined runs get none: they have
+    no namespaces to keep either."""
     if spec.unconfined or not spec.seccomp:
         return None, None
     cached = seccomp.is_compiled(KEEP_CAPABILITIES)

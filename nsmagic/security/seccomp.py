@@ -5,7 +5,9 @@ Two halves on two sides of the process boundary:
 - compile_filter(caps, arch) runs in the caller (notebook kernel or CLI). It builds the
   filter with libseccomp (ctypes on libseccomp.so.2) from profile.py's rules and returns the
   raw BPF program, an array of struct sock_filter (8 bytes each). It is cached per option
-  set, so a notebook pays for it once, off every run's path. It runs here and not in PID 1
+  set, so a notebook pays for it once, off every run's path, and kept in a private runtime
+  directory for later processes (filtercache.py: each CLI run is one). It runs here and not
+  in PID 1
   because PID 1 works inside a root that may have no libseccomp (busybox, scratch, an
   image), and because compiling costs milliseconds that a run should not pay each time.
 - load(program) runs in PID 1 (or the workload's child) just before the workload starts. It
@@ -236,7 +238,7 @@ def refusals(caps: frozenset[str], arch: str | None = None) -> tuple[list[str], 
 
 
 _PROGRAMS: dict[tuple[frozenset[str], str | None], bytes] = {}
-_COSTS: dict[tuple[frozenset[str], str | None], float] = {}   # seconds each compile took
+_COSTS: dict[tuple[frozenset[str], str, tuple[int, int]], float] = {}   # seconds per compile
 
 
 def compile_filter(caps: frozenset[str], arch: str | None = None) -> bytes:
@@ -246,23 +248,47 @@ def compile_filter(caps: frozenset[str], arch: str | None = None) -> bytes:
     key = (frozenset(caps), arch)
     program = _PROGRAMS.get(key)
     if program is None:
-        from .capabilities import parse_all
+        program = _PROGRAMS[key] = _program(*_filter_key(caps, arch))
+    return program
+
+
+def _filter_key(caps, arch) -> tuple[frozenset[str], str, tuple[int, int]]:
+    from .capabilities import parse_all
+    return parse_all(caps), resolve_arch(arch), _kernel()
+
+
+@functools.lru_cache(maxsize=32)
+def _program(caps: frozenset[str], arch: str, kernel: tuple[int, int]) -> bytes:
+    """The filter kept by an earlier process (each CLI run is one, see filtercache), or
+    compiled now and kept."""
+    from . import filtercache
+    from .capabilities import mask
+    kept = filtercache.name(mask(caps), arch, kernel, version())
+    program = filtercache.read(kept)
+    if program is None:
         began = time.perf_counter()
-        program = _compile(parse_all(caps), resolve_arch(arch), _kernel())
-        _COSTS[key] = time.perf_counter() - began
-        _PROGRAMS[key] = program
+        program = _compile(caps, arch, kernel)
+        _COSTS[(caps, arch, kernel)] = time.perf_counter() - began
+        filtercache.write(kept, program)
     return program
 
 
 def compile_cost(caps: frozenset[str], arch: str | None = None) -> float | None:
-    """The seconds compile_filter(caps, arch) took in this process, when it compiled the
-    filter (None: not compiled yet). Later calls cost a dict lookup."""
-    return _COSTS.get((frozenset(caps), arch))
+    """The seconds compiling this filter took in this process (None: not compiled here, or
+    read back from an earlier process's). Later calls for it cost a dict lookup."""
+    return _COSTS.get(_filter_key(caps, arch))
 
 
 def is_compiled(caps: frozenset[str], arch: str | None = None) -> bool:
     """Whether compile_filter(caps, arch) would come from the cache (for --profile)."""
     return (frozenset(caps), arch) in _PROGRAMS
+
+
+def time_compile(caps: frozenset[str], arch: str | None = None) -> float:
+    """The seconds one compile of this filter takes here, every cache passed by (info)."""
+    began = time.perf_counter()
+    _compile.__wrapped__(*_filter_key(caps, arch))
+    return time.perf_counter() - began
 
 
 @functools.lru_cache(maxsize=32)
