@@ -66,9 +66,11 @@ def _enter_workdir(workdir: str) -> None:
         os.makedirs(workdir, exist_ok=True)
         os.chdir(workdir)
     except OSError as err:
+        why = ("not a directory" if err.errno in (errno.EEXIST, errno.ENOTDIR)
+               else err.strerror.lower())
         raise SetupError(f"can't make the working directory {workdir} in the container: "
-                         f"{err.strerror.lower()}; give -w a directory the container can "
-                         "create, such as /tmp/work.") from err
+                         f"{why}; give -w a directory the container has or can create, "
+                         "such as /tmp/work.") from err
     if not os.getcwd().startswith("/"):   # a cwd outside the root (CVE-2024-21626)
         raise SetupError(f"the working directory {workdir} is outside the container.")
 
