@@ -165,7 +165,7 @@ def drop_spares() -> None:
     """Drop nsmagic's ready spares, then say what this process's runs left (the next
     nsmagic start sweeps a dead runner's groups; while we live they are ours to report)."""
     Spares.close()
-    left = leftovers()
+    left = [thing for thing in leftovers() if not thing.startswith("mount ")]
     if left:
         log(f"# at exit nsmagic left {len(left)} things behind: {left[:5]}")
 

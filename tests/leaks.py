@@ -11,7 +11,8 @@ import time
 
 def leftovers(owner: int | None = None, within: float = 5.0) -> list[str]:
     """What runs of `owner` (default: this process) left behind: cgroups (named
-    nsmagic-<owner pid>-<id>), host mounts, processes in such groups. Other processes' runs
+    nsmagic-<owner pid>-<id>), processes in such groups, and (for this process) the mounts
+    of its view, for a before-and-after comparison. Other processes' runs
     (a notebook open meanwhile) are not ours to judge, nor is this process's ready spare
     (a PID 1 kept waiting for the next run, by design).
 
@@ -31,8 +32,13 @@ def _scan(owner: int, spares: set[str]) -> list[str]:
     mine = f"nsmagic-{owner}-"
     found = [d for d in glob.glob("/sys/fs/cgroup/**/" + mine + "*", recursive=True)
              if os.path.isdir(d) and os.path.basename(d) not in spares]
-    with open("/proc/self/mountinfo") as f:
-        found += [line.strip() for line in f if "nsmagic" in line]
+    if owner == os.getpid():
+        # Every mount of this view: a run's mounts are in its own namespace only, so one
+        # that appears here while a test runs has leaked, whatever its name (no_leaks
+        # compares before and after). Another process's runs are judged by their groups and
+        # processes: mounts made meanwhile by other work on the machine are not theirs.
+        with open("/proc/self/mountinfo") as f:
+            found += [f"mount {line.split()[4]}" for line in f]
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:

@@ -28,6 +28,11 @@ from ..errors import SetupError
 from . import kernelfs, linux, root, workload
 
 EXIT_SETUP = 125
+# Signals a runner may send to PID 1 (or a terminal to its process group) before PID 1 has
+# dispositions of its own: held back over the clone, so that the runner's Python handler
+# never runs in the child (a KeyboardInterrupt there would unwind the runner's code in PID 1).
+HELD_BACK = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGWINCH}
 # PID 1's fds while it waits for its run: 0-2 a ready spare's stdio, then these.
 CONTROL_FD, STATUS_FD, PARENT_ALIVE_FD = 3, 4, 5
 
@@ -73,6 +78,8 @@ def start(boot: BootConfig, fds: list[int], parent_alive: int) -> tuple[int, int
     pipe whose writer is the caller, so PID 1 can tell whether the caller died early."""
     cgroup_fd = _open_cgroup_dir(boot.cgroup_dir)
     joined = cgroup_fd is not None
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_BACK)
+    pid = -1
     try:
         try:
             pid, pidfd = linux.clone(namespace_flags(boot), cgroup_fd)
@@ -88,8 +95,10 @@ def start(boot: BootConfig, fds: list[int], parent_alive: int) -> tuple[int, int
     finally:
         if cgroup_fd is not None:
             os.close(cgroup_fd)
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     if pid == 0:
-        _become_init(boot, fds, parent_alive, joined)
+        _become_init(boot, fds, parent_alive, joined, held)
     return pid, pidfd
 
 
@@ -103,12 +112,13 @@ def _open_cgroup_dir(path: str | None) -> int | None:
         return None
 
 
-def _become_init(boot: BootConfig, fds: list[int], parent_alive: int, joined: bool) -> None:
+def _become_init(boot: BootConfig, fds: list[int], parent_alive: int, joined: bool,
+                 held: set) -> None:
     """The clone()d child. Never returns."""
     status = Status(STATUS_FD)
     try:
         _settle_fds(fds, parent_alive)
-        _tie_to_parent()
+        _tie_to_parent(held)
         if boot.rootless and not boot.unconfined:
             _map_root_to_caller(boot.uid, boot.gid)
         if not joined:
@@ -159,17 +169,19 @@ def _settle_fds(fds: list[int], parent_alive: int) -> None:
     os.closerange(PARENT_ALIVE_FD + 1, 1 << 16)
 
 
-def _tie_to_parent() -> None:
+def _tie_to_parent(held: set) -> None:
     """Die with the fork server (which dies with the runner); EOF on the parent-alive pipe
     means it died before PDEATHSIG was set. getppid() is no help: it reads 0 in a new PID
-    namespace."""
+    namespace. Then the signals held back over the clone get their default dispositions
+    (workload.py forwards them once there is a workload), and come through."""
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if select.select([PARENT_ALIVE_FD], [], [], 0)[0]:
         os._exit(EXIT_SETUP)
     os.close(PARENT_ALIVE_FD)
     os.setsid()
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for sig in (signal.SIGCHLD, *HELD_BACK):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
     linux.set_name("nsmagic-spare")
     linux.set_title("nsmagic-spare")   # not the cloned runner's command line and environment
 

@@ -3,10 +3,12 @@ status, stop it, and hand what is left to the teardown."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
+import threading
 import time
 
 from .. import cgroups, config
@@ -67,6 +69,12 @@ class Run:
     # --- start
 
     def start(self) -> Run:
+        """Start the run. A Ctrl-C while it starts is taken once it has started (and then
+        stops it as any other): half a start would leave a group with no run to remove it."""
+        with interrupts_deferred():
+            return self._start()
+
+    def _start(self) -> Run:
         self.mark("start")
         self._filter()
         _sweep_once()
@@ -261,7 +269,11 @@ class Run:
     def close(self) -> None:
         """Everything the run made goes: processes, cgroup, fds. Safe to call twice. A PID 1
         that reported the end is left to finish exiting, and its group then removed, off
-        the run's path (see teardown)."""
+        the run's path (see teardown). A Ctrl-C meanwhile is taken after."""
+        with interrupts_deferred():
+            self._close()
+
+    def _close(self) -> None:
         if self.pid1 is not None and not self.reported and self.pid1.running():
             self.kill_all()
             self.pid1.wait()
@@ -276,6 +288,26 @@ class Run:
             self.pid1 = self.cgroup = None
             self._refill = []
         self.mark("run closed, teardown handed off")
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """SIGINT (Ctrl-C, a notebook's stop button) is recorded, not raised, until the block is
+    done; then raised. Python runs signal handlers in the main thread only, so only there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda sig, _frame: caught.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
 
 
 __all__ = ["Run"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import queue
+import signal
 import threading
 
 from .. import cgroups
@@ -92,8 +93,13 @@ def hand_off(pid1: Pid1 | None, cgroup: cgroups.Cgroup | None) -> None:
     small fork of this (small, single-threaded) process waits for PID 1 to be gone and
     removes its group; this process goes on at once. A start finding the group after a
     crash of both sweeps it (cgroups.sweep)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM,
+                                                     signal.SIGHUP, signal.SIGQUIT})
     if os.fork() == 0:
-        try:
+        try:   # a Ctrl-C meant for the CLI must not stop the cleanup it left behind
+            for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+                signal.signal(sig, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             from ..inside.linux import set_name
             set_name("nsmagic-cleanup")
             os.setsid()
@@ -103,6 +109,7 @@ def hand_off(pid1: Pid1 | None, cgroup: cgroups.Cgroup | None) -> None:
             finish(pid1, cgroup)
         finally:
             os._exit(0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
     if pid1 is not None:
         pid1.own_child = False          # reaped by whoever adopts it once we exit
         pid1.close()
