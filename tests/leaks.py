@@ -44,11 +44,36 @@ def _scan(owner: int, spares: set[str]) -> list[str]:
             try:
                 with open(f"/proc/{pid}/cgroup") as f:
                     groups = f.read()
-                if mine in groups and not any(name in groups for name in spares):
+                if (mine in groups and not any(name in groups for name in spares)
+                        and not _zombie(pid)):
                     found.append(f"process {pid}")
             except OSError:
                 pass
     return found
+
+
+def left_after(owner: int, within: float = 5.0) -> list[str]:
+    """What a runner that has exited left, once the teardown it handed off had `within`
+    seconds to finish: the CLI exits as soon as its status is known, and a small process of
+    its own then waits for PID 1 to be gone and removes the groups (runtime.teardown)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = leftovers(owner)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.02)
+
+
+def _zombie(pid: str) -> bool:
+    """An exited process not yet reaped: nothing of it runs or holds a group. A CLI runner
+    exits before its PID 1 has finished exiting, so init reaps that one, whenever it does
+    (this machine's init can take seconds); meanwhile its /proc/PID/cgroup still names the
+    run's cgroup2 group, marked "(deleted)"."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def processes_left(owner: int) -> list[str]:

@@ -1,0 +1,92 @@
+"""Device nodes: what keeps a node inside from opening a host device. On v1 the devices
+cgroup holds Docker's allow-list; on v2 nsmagic attaches no device program, and this file
+also checks why none is needed (what `nsmagic info` says under "Devices"): no node can be
+made inside, and every mount but /dev's own nodes and devpts is nodev."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from conftest import needs_root, run_spec
+
+from nsmagic import cgroups
+from nsmagic.cgroups.v1 import DEVICE_RULES
+from nsmagic.inside.kernelfs import DEVICES
+
+pytestmark = [pytest.mark.kernel, needs_root, pytest.mark.usefixtures("no_leaks")]
+
+layout = cgroups.detect()
+v1_devices = pytest.mark.skipif(layout.kind == "v2" or "devices" not in layout.v1_mounts,
+                                reason="no v1 devices controller on this host (pure v2 needs "
+                                       "none: see the test below)")
+
+
+def _a_block_device() -> str:
+    for name in sorted(os.listdir("/sys/block")):
+        if os.path.exists(f"/dev/{name}"):
+            return f"/dev/{name}"
+    pytest.skip("no block device node under /dev here")
+
+
+@v1_devices
+def test_the_allow_list_is_dockers_and_is_shown_inside():
+    got = run_spec(["--", "cat", "/sys/fs/cgroup/devices/devices.list"])
+    assert got.result.exit_code == 0, got
+    assert got.out.splitlines() == list(DEVICE_RULES)
+
+
+@v1_devices
+def test_a_group_member_opens_the_listed_devices_and_no_other():
+    """A process joined the way PID 1 joins ("0" into each tasks file) opens /dev/null and
+    /dev/zero, and is refused a block device and /dev/mem, which the kernel would
+    otherwise let root open."""
+    refused = [_a_block_device()] + (["/dev/mem"] if os.path.exists("/dev/mem") else [])
+    cg = cgroups.open_cgroup("d" + os.urandom(3).hex(), cgroups.Limits())
+    cg.create()
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            outcome = []
+            for path in cg.join_files():
+                with open(path, "w") as f:
+                    f.write("0")
+            for node in ("/dev/null", "/dev/zero", *refused):
+                try:
+                    os.close(os.open(node, os.O_RDONLY))
+                    outcome.append(f"{node}:opened")
+                except OSError as err:
+                    outcome.append(f"{node}:{errno.errorcode.get(err.errno, err.errno)}")
+            os.write(w, " ".join(outcome).encode())
+            os._exit(0)
+        os.close(w)
+        said = os.read(r, 4096).decode().split()
+        os.waitpid(pid, 0)
+        os.close(r)
+    finally:
+        cg.destroy()
+    assert said[:2] == ["/dev/null:opened", "/dev/zero:opened"], said
+    assert [s.split(":")[1] for s in said[2:]] == ["EPERM"] * len(refused), said
+
+
+def test_no_device_node_can_be_made_and_only_devs_own_nodes_are_on_dev_mounts():
+    """The reason a v2 run needs no device program, checked on any layout: mknod is refused
+    (CAP_MKNOD is dropped), and every mount is nodev except /dev (whose tmpfs holds only what
+    PID 1 put there), the host nodes bound into it (and over masked /proc files) and devpts."""
+    got = run_spec(["--", "sh", "-c",
+                    "mknod /tmp/n b 7 0 2>/dev/null && echo MADE; cat /proc/self/mountinfo"])
+    assert got.result.exit_code == 0 and "MADE" not in got.out, got
+    allowed = {"/dev", "/dev/pts", *(f"/dev/{name}" for name in DEVICES)}
+    devices_allowed = []
+    for line in got.out.splitlines():
+        fields = line.split()
+        point, options, fstype = fields[4], fields[5].split(","), fields[fields.index("-") + 1]
+        if "nodev" in options or point in allowed:
+            continue
+        if fstype == "devtmpfs":      # a mask: /dev/null bound over a /proc file
+            continue
+        devices_allowed.append(f"{point} ({fstype})")
+    assert not devices_allowed, f"mounts that let device nodes open: {devices_allowed}"
