@@ -90,3 +90,40 @@ def test_no_device_node_can_be_made_and_only_devs_own_nodes_are_on_dev_mounts():
             continue
         devices_allowed.append(f"{point} ({fstype})")
     assert not devices_allowed, f"mounts that let device nodes open: {devices_allowed}"
+
+
+RESTRICTED_CALLER = r"""
+import os, sys
+sys.path.insert(0, sys.argv[2])
+with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as f:
+    f.write("0")
+from nsmagic import cgroups
+cg = cgroups.open_cgroup("r" + os.urandom(3).hex(), cgroups.Limits())
+cg.create()
+try:
+    print(open(os.path.join(cg.dirs["devices"], "devices.list")).read())
+finally:
+    cg.destroy()
+"""
+
+
+@v1_devices
+def test_a_caller_whose_own_group_lacks_a_listed_device_still_runs(tmp_path):
+    """nsmagic inside a container whose devices group has no tun: the run's group cannot be
+    granted it (the kernel refuses), so it stays denied and the rest of the list holds."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    caller = os.path.join(layout.v1_mounts["devices"], f"nsmagic-test-{os.urandom(3).hex()}")
+    os.mkdir(caller)
+    try:
+        with open(os.path.join(caller, "devices.deny"), "w") as f:
+            f.write("c 10:200 rwm")
+        done = subprocess.run([sys.executable, "-c", RESTRICTED_CALLER, caller, REPO],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        os.rmdir(caller)
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout.split("\n")
+    assert "c 10:200 rwm" not in listed and "c 1:3 rwm" in listed, done.stdout

@@ -207,15 +207,11 @@ def read_limit(path: str, unlimited_above: int = 1 << 62) -> int | None:
     return None if value >= unlimited_above else value
 
 
-def write(path: str, *values: str) -> None:
-    """Each value in a write(2) of its own (a cgroup file takes one rule or value a write),
-    through one open."""
-    value = values[0] if values else ""
+def write(path: str, value: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            for value in values:
-                os.write(fd, value.encode())
+            os.write(fd, value.encode())   # a cgroup file takes one value or rule a write
         finally:
             os.close(fd)
     except OSError as err:

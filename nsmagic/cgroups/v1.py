@@ -132,7 +132,14 @@ class CgroupV1(Cgroup):
         if d is None:
             return
         write(f"{d}/devices.deny", "a")
-        write(f"{d}/devices.allow", *DEVICE_RULES)
+        for rule in DEVICE_RULES:
+            try:
+                write(f"{d}/devices.allow", rule)
+            except CgroupError as err:
+                # A rule the caller's own group lacks (nsmagic inside a container) cannot be
+                # granted below it: that device stays denied, which is the safe side.
+                if not isinstance(err.__cause__, PermissionError):
+                    raise
 
     def apply(self) -> None:
         m, d = self.limits, self.dirs
