@@ -74,8 +74,9 @@ DEVICES_TEXT = {
     "v2": "no device program is needed: every mount inside is nodev except /dev's own nodes "
           "(null zero full random urandom tty, bound from the host) and devpts, and "
           "CAP_MKNOD is dropped, so no other device node can be made or opened",
-    "none": "no devices controller: device nodes are kept out by nodev mounts and the "
-            "dropped CAP_MKNOD alone",
+    "none": "no devices cgroup for this run (none mounted, or not writable by this user): "
+            "device nodes are kept out by nodev mounts (a user namespace's own mounts are "
+            "nodev too) and the dropped CAP_MKNOD alone",
 }
 
 
@@ -83,7 +84,8 @@ def _devices_report(layout) -> str:
     """Which guard stands between a device node inside and the host's device."""
     if layout.kind == "v2":
         return DEVICES_TEXT["v2"]
-    return DEVICES_TEXT["v1" if "devices" in layout.v1_mounts else "none"]
+    group = layout.v1_dir("devices")
+    return DEVICES_TEXT["v1" if group and os.access(group, os.W_OK) else "none"]
 
 
 def _io_weight_report(layout) -> str:
@@ -91,7 +93,9 @@ def _io_weight_report(layout) -> str:
     not shown at the root), and which disks honour it (those whose scheduler is BFQ)."""
     parent = (layout.v1_dir("blkio") if layout.kind != "v2"
               else layout.v2_dir() if os.geteuid() else layout.v2_mount)
-    files = _files_of_a_new_group(parent) if parent else []
+    files = _files_of_a_new_group(parent) if parent else None
+    if files is None:
+        return "unknown: no group can be made here to look (run as root)"
     found = [f for f in files if f.endswith(("blkio.weight", "bfq.weight", "io.weight"))]
     if not found:
         return "no: this kernel has no weight file for cgroups (load BFQ: modprobe bfq)"
@@ -100,12 +104,12 @@ def _io_weight_report(layout) -> str:
             f"{', '.join(disks) or 'none here'} (/sys/block/DISK/queue/scheduler)")
 
 
-def _files_of_a_new_group(parent: str) -> list[str]:
+def _files_of_a_new_group(parent: str) -> list[str] | None:
     probe = os.path.join(parent, f"{PREFIX}{os.getpid()}-info")
     try:
         os.mkdir(probe)
     except OSError:
-        return []
+        return None
     try:
         return os.listdir(probe)
     finally:

@@ -127,3 +127,12 @@ def test_a_caller_whose_own_group_lacks_a_listed_device_still_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     listed = done.stdout.split("\n")
     assert "c 10:200 rwm" not in listed and "c 1:3 rwm" in listed, done.stdout
+
+
+def test_info_says_which_guard_holds():
+    from nsmagic.info import gather, report
+    facts = gather()
+    expected = ("no device program is needed" if layout.kind == "v2" else
+                "Docker's allow-list" if "devices" in layout.v1_mounts else "no devices cgroup")
+    assert expected in facts["devices"], facts["devices"]
+    assert "Devices:\n  " + facts["devices"] in report(facts)
