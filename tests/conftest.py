@@ -14,7 +14,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from leaks import left_after, leftovers, processes_left  # noqa: E402, F401 - tests import them here
+from leaks import leftovers, processes_left  # noqa: E402 - tests import them from here too
 
 from nsmagic.core import run  # noqa: E402
 from nsmagic.spec import Spec  # noqa: E402

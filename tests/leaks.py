@@ -52,18 +52,6 @@ def _scan(owner: int, spares: set[str]) -> list[str]:
     return found
 
 
-def left_after(owner: int, within: float = 5.0) -> list[str]:
-    """What a runner that has exited left, once the teardown it handed off had `within`
-    seconds to finish: the CLI exits as soon as its status is known, and a small process of
-    its own then waits for PID 1 to be gone and removes the groups (runtime.teardown)."""
-    deadline = time.monotonic() + within
-    while True:
-        found = leftovers(owner)
-        if not found or time.monotonic() >= deadline:
-            return found
-        time.sleep(0.02)
-
-
 def _zombie(pid: str) -> bool:
     """An exited process that only init has left to reap: nothing of it runs or holds a
     group. A CLI runner exits before its PID 1 has finished exiting, so init reaps that one,

@@ -23,11 +23,11 @@ def test_run_exits_with_the_container_status_and_streams_apart():
 def test_a_run_from_the_shell_leaves_nothing_once_it_exited():
     """The CLI prints its result before its PID 1 has finished exiting; it still removes
     all of it before it exits itself."""
-    from conftest import left_after
+    from conftest import leftovers
     cli = subprocess.Popen([sys.executable, "-m", "nsmagic", "run", "--mem", "32M", "--pids",
                             "8", "--", "true"], cwd=REPO)
     assert cli.wait(60) == 0
-    assert left_after(cli.pid) == []
+    assert leftovers(cli.pid) == []
 
 
 def test_json_result_is_the_last_line_of_stdout():

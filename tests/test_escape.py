@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from conftest import REPO, left_after, leftovers, needs_root, run_spec
+from conftest import REPO, leftovers, needs_root, run_spec
 
 from nsmagic.errors import NsmagicError
 
@@ -130,11 +130,11 @@ def _run_in(face: str, args: list[str], cell: str | None, package: str | None) -
     if face == CLI:
         proc, out, err = _subprocess([sys.executable, "-m", "nsmagic", "run", *args],
                                      cell or "", cwd=REPO)
-        return Outcome(proc.returncode, out, err, left_after(proc.pid))
+        return Outcome(proc.returncode, out, err, leftovers(proc.pid))
     if face == ROOTLESS_CLI:
         proc, out, err = _subprocess([SYSTEM_PYTHON, "-m", "nsmagic", "run", *args],
                                      cell or "", **_as_nobody(package))
-        return Outcome(proc.returncode, out, err, left_after(proc.pid))
+        return Outcome(proc.returncode, out, err, leftovers(proc.pid))
     if face == ROOTLESS_API:
         request = json.dumps({"args": args, "cell": cell})
         proc, out, err = _subprocess([SYSTEM_PYTHON, "-c", API_AS_USER], request,
@@ -142,8 +142,8 @@ def _run_in(face: str, args: list[str], cell: str | None, package: str | None) -
         try:
             said = json.loads(out)
         except ValueError:   # the API itself broke: show all of it
-            return Outcome(proc.returncode, out, err, left_after(proc.pid))
-        return Outcome(said["code"], said["out"], err + said["err"], left_after(proc.pid))
+            return Outcome(proc.returncode, out, err, leftovers(proc.pid))
+        return Outcome(said["code"], said["out"], err + said["err"], leftovers(proc.pid))
     raise ValueError(face)
 
 
@@ -653,7 +653,7 @@ def test_the_callers_keyrings_are_out_of_reach(face, request):
     rings = {-3: "session", -4: "user", -5: "user session"}
     assert not said["planted"], ("the container planted a key in the caller's "
                                  + ", ".join(rings[r] for r in said["planted"]) + " keyring")
-    assert not left_after(proc.pid)
+    assert not leftovers(proc.pid)
 
 
 # --- 6. cgroups from inside ------------------------------------------------------------
@@ -947,7 +947,7 @@ def test_a_closed_pipe_ends_the_run_quietly(request, face):
         err = runner.communicate()[1].decode(errors="replace") + "(still running after 10 s)"
     assert first == b"y\n"
     assert runner.returncode in (0, 141, -13) and err == "", (runner.returncode, err)
-    assert left_after(runner.pid) == []
+    assert leftovers(runner.pid) == []
 
 
 @pytest.mark.kernel
