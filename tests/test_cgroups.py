@@ -179,8 +179,8 @@ def test_a_runs_teardown_removes_child_groups_made_while_it_ran():
         run.kill_all()
         run.wait()
         run.close()
-    assert not [thing for thing in leftovers() if "/sys/fs/cgroup" in thing
-                or thing.startswith("process")]
+    assert not [thing for thing in leftovers() if thing.startswith(("/sys/fs/cgroup",
+                                                                     "process"))]
 
 
 def _a_dead_runners_group(layout) -> cgroups.Cgroup:

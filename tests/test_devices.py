@@ -74,22 +74,25 @@ def test_a_group_member_opens_the_listed_devices_and_no_other():
 
 def test_no_device_node_can_be_made_and_only_devs_own_nodes_are_on_dev_mounts():
     """The reason a v2 run needs no device program, checked on any layout: mknod is refused
-    (CAP_MKNOD is dropped), and every mount is nodev except /dev (whose tmpfs holds only what
-    PID 1 put there), the host nodes bound into it (and over masked /proc files) and devpts."""
+    (CAP_MKNOD is dropped), and every mount is nodev but /dev's tmpfs (which holds only the
+    nodes PID 1 made there), its nodes bound elsewhere (over masked /proc files) and devpts."""
     got = run_spec(["--", "sh", "-c",
                     "mknod /tmp/n b 7 0 2>/dev/null && echo MADE; cat /proc/self/mountinfo"])
     assert got.result.exit_code == 0 and "MADE" not in got.out, got
-    allowed = {"/dev", "/dev/pts", *(f"/dev/{name}" for name in DEVICES)}
+    mounts = [line.split() for line in got.out.splitlines() if line[:1].isdigit()]
+    dev = next(fields[2] for fields in mounts if fields[4] == "/dev")
     devices_allowed = []
-    for line in got.out.splitlines():
-        fields = line.split()
+    for fields in mounts:
         point, options, fstype = fields[4], fields[5].split(","), fields[fields.index("-") + 1]
-        if "nodev" in options or point in allowed:
-            continue
-        if fstype == "devtmpfs":      # a mask: /dev/null bound over a /proc file
+        if "nodev" in options or fields[2] == dev or (point, fstype) == ("/dev/pts", "devpts"):
             continue
         devices_allowed.append(f"{point} ({fstype})")
     assert not devices_allowed, f"mounts that let device nodes open: {devices_allowed}"
+    # /dev's own nodes: exactly the harmless ones PID 1 made
+    listed = run_spec(["--", "sh", "-c", "stat -c '%n|%F|%t|%T' /dev/*"]).out.splitlines()
+    nodes = {(name[5:], int(major, 16), int(minor, 16)) for name, kind, major, minor in
+             (line.split("|") for line in listed) if "special" in kind}
+    assert nodes == set(DEVICES), listed
 
 
 RESTRICTED_CALLER = r"""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from ..errors import CgroupError
 from .base import PREFIX, Cgroup, DeviceLimit, Limits, Usage, remove_tree, subtree_pids
@@ -81,6 +82,7 @@ def sweep(layout: Layout | None = None) -> list[str]:
     stale = [path for path in _candidate_dirs(layout) if _is_stale(path)]
     for path in stale:
         _kill_all_in(path)
+    _wait_gone(stale)
     removed = []
     for path in stale:
         try:
@@ -94,6 +96,15 @@ def sweep(layout: Layout | None = None) -> list[str]:
 def _is_stale(path: str) -> bool:
     owner = owner_pid(os.path.basename(path))
     return owner is not None and owner != os.getpid() and not _alive(owner)
+
+
+def _wait_gone(paths: list[str], within: float = 0.1) -> None:
+    """A killed process is gone within a millisecond or two: a moment for all of them at
+    once, so that their groups go in this sweep; one that stays (frozen, stuck in the
+    kernel) leaves its group busy for a later sweep."""
+    deadline = time.monotonic() + within
+    while any(subtree_pids(p) for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.002)
 
 
 def _kill_all_in(path: str) -> None:
