@@ -171,8 +171,9 @@ def test_write_bps_holds_a_direct_write_within_15_percent(disk):
 @kernel_io
 def test_read_bps_and_write_iops_hold(disk):
     node, mnt = disk
-    with open(os.path.join(mnt, "f"), "wb") as f:
-        f.write(os.urandom(4 * MiB))
+    with open(os.path.join(mnt, "f"), "wb") as f:   # on the disk, not dirty in the cache:
+        f.write(os.urandom(4 * MiB))                  # a direct read would flush it first
+        os.fsync(f.fileno())
     read = _held(disk, ["--device-read-bps", f"{node}:2mb"], READ, 2000)
     assert read.result.io_read_bytes >= 4 * MiB, read.result
     # 40 writes of 64k at 20 a second
