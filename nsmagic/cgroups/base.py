@@ -215,8 +215,12 @@ def write(path: str, value: str) -> None:
         finally:
             os.close(fd)
     except OSError as err:
-        raise CgroupError(f"cannot write {value!r} to {path}: {err.strerror.lower()}; "
-                          f"{_hint(err)}") from err
+        raise write_error(path, value, err) from err
+
+
+def write_error(path: str, value: str, err: OSError) -> CgroupError:
+    return CgroupError(f"cannot write {value!r} to {path}: {err.strerror.lower()}; "
+                       f"{_hint(err)}")
 
 
 def _hint(err: OSError) -> str:

@@ -29,6 +29,7 @@ from .base import (
     read_limit,
     subtree_pids,
     write,
+    write_error,
 )
 from .layout import Layout
 
@@ -132,14 +133,22 @@ class CgroupV1(Cgroup):
         if d is None:
             return
         write(f"{d}/devices.deny", "a")
-        for rule in DEVICE_RULES:
-            try:
-                write(f"{d}/devices.allow", rule)
-            except CgroupError as err:
-                # A rule the caller's own group lacks (nsmagic inside a container) cannot be
-                # granted below it: that device stays denied, which is the safe side.
-                if not isinstance(err.__cause__, PermissionError):
-                    raise
+        path = f"{d}/devices.allow"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise write_error(path, DEVICE_RULES[0], err) from err
+        try:
+            for rule in DEVICE_RULES:
+                try:
+                    os.write(fd, rule.encode())      # one rule a write, one open for all
+                except PermissionError:
+                    pass   # the caller's own group lacks it (nsmagic inside a container): it
+                           # cannot be granted below, so it stays denied, the safe side
+                except OSError as err:
+                    raise write_error(path, rule, err) from err
+        finally:
+            os.close(fd)
 
     def apply(self) -> None:
         m, d = self.limits, self.dirs
