@@ -121,7 +121,8 @@ info    what this machine can do: kernel, cgroup layout, namespaces, overlayfs,
         the seccomp filter.
 ps      every running nsmagic container on this machine (any notebook's or shell's).
 
-options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N --hostname NAME
+options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N
+        --device-{read,write}-{bps,iops} DEV:RATE --blkio-weight N --hostname NAME
         --network none|host --rootfs DIR -v SRC:DST[:ro] -e K=V -w DIR --read-only
         --user UID[:GID] --timeout SECONDS --name NAME --strict --profile
         --security-opt seccomp=unconfined (Docker's seccomp profile is loaded otherwise)

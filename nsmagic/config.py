@@ -142,8 +142,8 @@ class BootConfig:
     rootless: bool
     network: str
     unconfined: bool
-    cgroup_procs: tuple[str, ...]          # files to write "0" into to join the run's groups
-    cgroup_dir: str | None                 # v2: cloned straight into it (CLONE_INTO_CGROUP)
+    cgroup_procs: tuple[str, ...]          # files PID 1 writes "0" into to join (v1: tasks)
+    cgroup_dir: str | None                 # cgroup2: cloned straight into it (CLONE_INTO_CGROUP)
     run: RunConfig | None = None
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from .cgroups import detect
+from .cgroups.base import PREFIX
 from .errors import NsmagicError
 from .rootfs import secrets
 
@@ -47,6 +48,7 @@ def gather() -> dict:
     layout = detect()
     info = {"kernel": platform.release(), "python": sys.executable, **probed,
             "cgroup_layout": layout.kind, "cgroup": _cgroup_report(layout),
+            "devices": _devices_report(layout), "io_weight": _io_weight_report(layout),
             "seccomp": seccomp}
     info["mode"], info["missing"] = _mode(info)
     info["hidden"] = list(secrets.scan()) if info["root"] else []
@@ -99,19 +101,79 @@ def _cgroup_report(layout) -> dict:
     if layout.kind == "v2":
         here = os.path.join(layout.v2_mount, "nsmagic") if os.geteuid() == 0 else layout.v2_dir()
         writable = os.access(os.path.dirname(here) if os.geteuid() == 0 else here, os.W_OK)
-        for c in ("memory", "cpu", "pids"):
+        for c in ("memory", "cpu", "pids", "io"):
             usable[c] = ("yes" if c in layout.v2_controllers() and writable
                          else "not writable" if c in layout.v2_controllers() else "absent")
         where = {c: layout.v2_mount for c in usable}
     else:
         where = {}
-        for c in ("memory", "cpu", "cpuacct", "pids"):
+        for c in ("memory", "cpu", "cpuacct", "pids", "blkio", "devices"):
             d = layout.v1_dir(c)
             usable[c] = ("absent" if d is None else "yes" if os.access(d, os.W_OK)
                          else "not writable")
             where[c] = layout.v1_mounts.get(c)
     return {"controllers": usable, "mounts": where, "v2_mount": layout.v2_mount,
             "v2_controllers": layout.v2_controllers()}
+
+
+DEVICES_TEXT = {
+    "v1": "the devices cgroup holds Docker's allow-list (null zero full random urandom, tty "
+          "console ptmx, the pty slaves, tun): any node may be made, no other one opened",
+    "v2": "no device program is needed: every mount inside is nodev except /dev's own nodes "
+          "(null zero full random urandom tty, bound from the host) and devpts, and "
+          "CAP_MKNOD is dropped, so no other device node can be made or opened",
+    "none": "no devices cgroup for this run (none mounted, or not writable by this user): "
+            "device nodes are kept out by nodev mounts (a user namespace's own mounts are "
+            "nodev too) and the dropped CAP_MKNOD alone",
+}
+
+
+def _devices_report(layout) -> str:
+    """Which guard stands between a device node inside and the host's device."""
+    if layout.kind == "v2":
+        return DEVICES_TEXT["v2"]
+    group = layout.v1_dir("devices")
+    return DEVICES_TEXT["v1" if group and os.access(group, os.W_OK) else "none"]
+
+
+def _io_weight_report(layout) -> str:
+    """Whether --blkio-weight can be written (BFQ's weight file, in a group of its own: it is
+    not shown at the root), and which disks honour it (those whose scheduler is BFQ)."""
+    parent = (layout.v1_dir("blkio") if layout.kind != "v2"
+              else layout.v2_dir() if os.geteuid() else layout.v2_mount)
+    files = _files_of_a_new_group(parent) if parent else None
+    if files is None:
+        return "unknown: no group can be made here to look (run as root)"
+    found = [f for f in files if f.endswith(("blkio.weight", "bfq.weight", "io.weight"))]
+    if not found:
+        return "no: this kernel has no weight file for cgroups (load BFQ: modprobe bfq)"
+    disks = _disks_on_bfq()
+    return (f"yes ({', '.join(sorted(found))}); honoured on disks whose scheduler is bfq: "
+            f"{', '.join(disks) or 'none here'} (/sys/block/DISK/queue/scheduler)")
+
+
+def _files_of_a_new_group(parent: str) -> list[str] | None:
+    probe = os.path.join(parent, f"{PREFIX}{os.getpid()}-info")
+    try:
+        os.mkdir(probe)
+    except OSError:
+        return None
+    try:
+        return os.listdir(probe)
+    finally:
+        os.rmdir(probe)
+
+
+def _disks_on_bfq() -> list[str]:
+    found = []
+    for disk in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{disk}/queue/scheduler") as f:
+                if "[bfq]" in f.read():
+                    found.append(disk)
+        except OSError:
+            pass
+    return found
 
 
 class Mode(str, enum.Enum):
@@ -173,6 +235,9 @@ def report(info: dict) -> str:
     for c, state in cg["controllers"].items():
         lines.append(f"  {c:<10} {state}" + (f"  ({cg['mounts'].get(c)})"
                                               if cg["mounts"].get(c) else ""))
+    lines.append("Devices:")
+    lines.append(f"  {info['devices']}")
+    lines.append(f"Block I/O weight (--blkio-weight): {info['io_weight']}")
     lines.append("Namespaces:")
     for name, err in info["namespaces"].items():
         lines.append(f"  {name:<10} {ok(err)}")

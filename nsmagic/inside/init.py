@@ -86,7 +86,7 @@ def start(boot: BootConfig, fds: list[int], parent_alive: int) -> tuple[int, int
         except OSError as err:
             if cgroup_fd is None or err.errno not in (errno.ENOSYS, errno.EINVAL, errno.E2BIG):
                 raise
-            joined = False     # an older kernel: join by writing cgroup.procs
+            joined = False     # an older kernel: PID 1 writes its cgroup.procs
             pid, pidfd = linux.clone(namespace_flags(boot))
     except OSError as err:
         raise SetupError(f"can't create namespaces (pid, mount, uts, ipc, net"
@@ -121,8 +121,8 @@ def _become_init(boot: BootConfig, fds: list[int], parent_alive: int, joined: bo
         _tie_to_parent(held)
         if boot.rootless and not boot.unconfined:
             _map_root_to_caller(boot.uid, boot.gid)
-        if not joined:
-            _join_cgroup(boot.cgroup_procs)
+        late = () if joined or not boot.cgroup_dir else (f"{boot.cgroup_dir}/cgroup.procs",)
+        _join_cgroup(boot.cgroup_procs + late)
         control = socket.socket(fileno=CONTROL_FD)
         if boot.run is not None:          # a ready spare: its run came with its boot
             status.profile(True)           # the runner keeps the marks if it wants them
@@ -194,8 +194,8 @@ def _map_root_to_caller(uid: int, gid: int) -> None:
 
 
 def _join_cgroup(procs_files: tuple[str, ...]) -> None:
-    """Joining a v1 group waits for an RCU grace period (~10 ms here): a spare pays it
-    before its run is even asked for."""
+    """v1: "0" into each hierarchy's `tasks` moves this thread alone (PID 1 has no other),
+    which spares the RCU grace period every cgroup.procs write waits for (1-10 ms here)."""
     for path in procs_files:
         try:
             with open(path, "w") as f:

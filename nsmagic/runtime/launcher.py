@@ -83,7 +83,7 @@ class Run:
         if spec.user and self.rootless and spec.user[0] != 0:
             raise SetupError("--user needs root: without it only root (uid 0) is mapped "
                              "into the container; drop --user or run as root.")
-        kind = SpareKind(self.rootless, spec.network, spec.cpus is not None, spec.unconfined)
+        kind = SpareKind(self.rootless, spec.network, spec.unconfined)
         ready = ready_spec(spec) if READY_SPARES and all(self._wants_stdio) else None
         ready_kind = dataclasses.replace(kind, ready=ready) if ready else None
         spare = None
@@ -137,7 +137,7 @@ class Run:
         """The run's limits on its group; where there is no group, a banner (rootless) or
         an error (--strict, or root, who should have one)."""
         spec = self.spec
-        limits = cgroups.Limits(spec.memory, spec.cpus, spec.pids)
+        limits = cgroups.Limits.of(spec)
         if self.cgroup and limits.any:
             self.cgroup.limits = limits
             self.cgroup.apply()
