@@ -12,8 +12,8 @@ import stat
 from dataclasses import dataclass
 
 from .errors import SpecError
+from .net.ports import Port, parse_port, parse_rate
 
-NETWORKS = ("none", "host")
 DEFAULT_INTERVAL = 0.25   # seconds between samples of the cgroup counters
 DEFAULT_STORAGE = 1 << 30  # bytes a run may write to its root, as --storage-opt size=1G
 VOLUME_OPTIONS = ("ro", "rw", "dev", "suid")
@@ -85,7 +85,9 @@ class Spec:
     device_write_iops: tuple[DeviceRate, ...] = ()
     blkio_weight: int | None = None      # 10-1000, relative to other groups
     hostname: str | None = None
-    network: str = "none"
+    network: str = "none"                # see net/modes.py: none host bridge NAME container:NAME
+    publish: tuple[Port, ...] = ()       # -p: ports of the host forwarded to the container
+    network_rate: int | None = None      # bytes/s each way on the container's veth
     rootfs: str | None = None            # None: the host's system directories, read-only
     volumes: tuple[Volume, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
@@ -150,6 +152,8 @@ class Spec:
             **_parse_io(args),
             hostname=args.hostname,
             network=args.network,
+            publish=tuple(parse_port(p) for p in args.publish),
+            network_rate=parse_rate(args.network_rate) if args.network_rate else None,
             rootfs=args.rootfs,
             volumes=tuple(_parse_volume(v) for v in args.volume),
             env=tuple(_parse_env(e) for e in args.env),
@@ -406,9 +410,30 @@ def _check_hostname(spec: Spec):
 
 
 def _check_network(spec: Spec):
-    if spec.network not in NETWORKS:
-        raise SpecError(f"--network {spec.network!r} is not known; use one of: "
-                        f"{', '.join(NETWORKS)}.")
+    from .net import modes
+    mode = modes.parse(spec.network)
+    if mode.bridged and mode.name != modes.DEFAULT_BRIDGE:
+        from .net import networks
+        if not networks.exists(mode.name):
+            raise SpecError(f"--network {spec.network!r} is not known; use none, host, "
+                            "bridge, pasta, container:NAME or a network from `nsmagic network "
+                            f"ls` (`nsmagic network create {mode.name}` makes one).")
+    if spec.unconfined and mode.kind not in ("none", "host"):
+        raise SpecError(f"--unconfined runs in the host's network, not on --network "
+                        f"{spec.network}; drop one of them.")
+    if spec.publish and mode.kind not in ("bridge", "pasta"):
+        raise SpecError(f"-p publishes a port of a container on a bridge, and --network "
+                        f"{spec.network} has none; add --network bridge.")
+    if spec.network_rate and mode.kind not in ("bridge", "pasta"):
+        raise SpecError(f"--network-rate limits a container's veth, and --network "
+                        f"{spec.network} has none; add --network bridge.")
+    seen = set()
+    for port in spec.publish:
+        key = (port.host_ip, port.host_port, port.protocol)
+        if port.host_port and key in seen:
+            raise SpecError(f"-p publishes host port {port.host_port}/{port.protocol} twice; "
+                            "give each its own host port.")
+        seen.add(key)
 
 
 def _check_workdir(spec: Spec):
@@ -501,7 +526,15 @@ def build_parser(parser_class=OptionParser, prog="%%container",
                    help="block I/O weight relative to other groups, 10-1000")
     p.add_argument("--hostname", "-h", metavar="NAME", help="host name inside")
     p.add_argument("--network", "--net", default="none", metavar="MODE",
-                   help="none (own namespace, only lo) or host")
+                   help="none (own namespace, only lo; the default), host, bridge (the "
+                        "bridge nsmagic0, outbound NAT), NAME (a network made with `nsmagic "
+                        "network create`), container:NAME (share NAME's), pasta (rootless)")
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="[IP:]HOST:CONTAINER[/udp]",
+                   help="publish a container port on the host, e.g. 8080:80")
+    p.add_argument("--network-rate", metavar="RATE",
+                   help="limit the container's network traffic each way, e.g. 10mbit or 1mb "
+                        "(a tc token bucket on its veth)")
     p.add_argument("--rootfs", metavar="DIR",
                    help="directory used as the read-only lower layer (default: the host's "
                         "system directories)")
@@ -559,5 +592,5 @@ def _float_arg(flag):
     return convert
 
 
-__all__ = ["DeviceRate", "OptionParser", "Spec", "Volume", "build_parser", "format_size",
+__all__ = ["DeviceRate", "OptionParser", "Port", "Spec", "Volume", "build_parser", "format_size",
            "host_memory", "parse_size", "validate"]

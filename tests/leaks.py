@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import time
@@ -33,6 +34,7 @@ def _scan(owner: int, spares: set[str]) -> list[str]:
     found = [d for d in glob.glob("/sys/fs/cgroup/**/" + mine + "*", recursive=True)
              if os.path.isdir(d) and os.path.basename(d) not in spares]
     if owner == os.getpid():
+        found += network_leftovers()
         # Every mount of this view: a run's mounts are in its own namespace only, so one
         # that appears here while a test runs has leaked, whatever its name (no_leaks
         # compares before and after). Another process's runs are judged by their groups and
@@ -49,6 +51,49 @@ def _scan(owner: int, spares: set[str]) -> list[str]:
                     found.append(f"process {pid}")
             except OSError:
                 pass
+    return found
+
+
+def network_leftovers(settle: bool = False) -> list[str]:
+    """What nsmagic's networks leave on the host, by name: devices (nsmagic0, nsmbr-*, veths
+    nsm<id>), named network namespaces with nsmagic in their name, nft tables and iptables
+    chains named nsmagic, address leases in the store, and network namespaces a network
+    helper (nsmagic-netd) still holds open. The host's state: compared before and after.
+    With `settle`, a running helper is first asked to finish its pending detaches."""
+    from nsmagic import dirs
+    from nsmagic.net import client, nat
+    if settle:
+        client.settle(started_elsewhere=True)
+    found = [f"netdev {name}" for name in os.listdir("/sys/class/net")
+             if name.startswith("nsm")]
+    if os.path.isdir("/run/netns"):
+        found += [f"netns {n}" for n in os.listdir("/run/netns") if "nsmagic" in n]
+    found += [f"rule {r}" for r in nat.present()]
+    for path in glob.glob(os.path.join(dirs.store_root(), "networks", "*", "leases.json")):
+        try:
+            with open(path) as f:
+                leases = json.load(f).get("leases", {})
+        except (OSError, ValueError):
+            continue
+        found += [f"lease {ip} of {h.get('name')} in {path}" for ip, h in leases.items()]
+    return found + _held_namespaces()
+
+
+def _held_namespaces() -> list[str]:
+    """Network namespaces a helper holds by fd (one it forgot would outlive its PID 1)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "nsmagic-netd":
+                    continue
+            own = os.readlink(f"/proc/{pid}/ns/net")
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("net:[") and target != own:
+                    found.append(f"netns {target} held by nsmagic-netd {pid}")
+        except OSError:
+            continue
     return found
 
 

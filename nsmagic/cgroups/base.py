@@ -30,6 +30,8 @@ class Usage:
     io_read_bytes: int = 0           # block I/O the group did, over every device
     io_write_bytes: int = 0          # (v1 counts direct I/O only: buffered writes are
                                      # charged to the flusher, not to the group)
+    net_rx_bytes: int = 0            # network bytes the container received and sent, on
+    net_tx_bytes: int = 0            # its veth (no cgroup counts them: the runner adds them)
 
     @property
     def working_set(self) -> int:

@@ -33,6 +33,11 @@ EXIT_SETUP = 125
 # never runs in the child (a KeyboardInterrupt there would unwind the runner's code in PID 1).
 HELD_BACK = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH}
+# Networks whose interfaces the runner sets up while PID 1 builds the root: PID 1 waits for
+# its word on the control socket before the workload starts (see _await_network).
+NETWORK_SET_UP_BY_RUNNER = ("bridge", "pasta")
+NETWORK_READY = b"network-ready"
+NETWORK_FAILED = b"network-failed "   # and the sentence that says why
 # PID 1's fds while it waits for its run: 0-2 a ready spare's stdio, then these.
 CONTROL_FD, STATUS_FD, PARENT_ALIVE_FD = 3, 4, 5
 
@@ -61,8 +66,8 @@ def namespace_flags(boot: BootConfig) -> int:
     if boot.unconfined:
         return 0
     flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWPID
-    if boot.network == "none":
-        flags |= linux.CLONE_NEWNET
+    if boot.network in ("private", "none"):   # see net/modes.py: "host" keeps the host's,
+        flags |= linux.CLONE_NEWNET            # "join" takes another's when its run comes
     if boot.rootless:
         flags |= linux.CLONE_NEWUSER
     return flags
@@ -128,16 +133,20 @@ def _become_init(boot: BootConfig, fds: list[int], parent_alive: int, joined: bo
             status.profile(True)           # the runner keeps the marks if it wants them
             status.mark("PID 1 cloned, cgroup joined")
             _init(boot.run, status, go=control)
-        cfg, stdio = config.receive(control, RunConfig, max_fds=3)
+        cfg, fds = config.receive(control, RunConfig, max_fds=4)
         if cfg is None:
             os._exit(0)                    # a spare the runner no longer needs
-        control.close()
-        for target, fd in enumerate(stdio):
+        for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
             os.close(fd)
         status.profile(cfg.profile)
         status.mark("run config received")
-        _init(cfg, status)
+        if cfg.network == "container":     # another container's network namespace
+            _join_network(fds[3:])
+        if cfg.network not in NETWORK_SET_UP_BY_RUNNER:
+            control.close()
+            control = None
+        _init(cfg, status, network=control)
     except SetupError as err:
         status.send(error=str(err), code=EXIT_SETUP)
     except BaseException as err:  # noqa: BLE001 - a PID 1 must never print a traceback
@@ -205,9 +214,37 @@ def _join_cgroup(procs_files: tuple[str, ...]) -> None:
                              f"{err.strerror.lower()}") from err
 
 
-def _init(cfg: RunConfig, status: Status, go: socket.socket | None = None) -> None:
+def _join_network(fds: list[int]) -> None:
+    """--network container:NAME: the runner sent that container's network namespace."""
+    if not fds:
+        raise SetupError("the run's configuration came without the network namespace to "
+                         "join.")
+    try:
+        linux.setns(fds[0], linux.CLONE_NEWNET)
+    except OSError as err:
+        raise SetupError(f"can't join the other container's network: {root.hint(err)}; "
+                         "a container without root can join only its own.") from err
+    finally:
+        os.close(fds[0])
+
+
+def _await_network(control: socket.socket) -> None:
+    """The network helper made eth0 (its address, route, rate limit) while the root was
+    built; nothing of the workload runs before it says so."""
+    word = control.recv(4096)
+    control.close()
+    if word.startswith(NETWORK_FAILED):
+        raise SetupError(word[len(NETWORK_FAILED):].decode(errors="replace"))
+    if word != NETWORK_READY:
+        raise SetupError("the network helper (nsmagic-netd) went away before the container's "
+                         "network was set up; run it again.")
+
+
+def _init(cfg: RunConfig, status: Status, go: socket.socket | None = None,
+          network: socket.socket | None = None) -> None:
     """PID 1: set the container up, then run the workload (see workload.run). With `go` (a
-    ready spare), it waits there for the run once the workload is started."""
+    ready spare), it waits there for the run once the workload is started; with `network`,
+    for the runner's word that the network is set up before it starts."""
     # A ready spare's cell runs as soon as the runner says "go": its command line is the
     # run's from now on; its name (what `nsmagic ps` tells spares by) changes once taken.
     linux.set_title("nsmagic-init")
@@ -216,6 +253,9 @@ def _init(cfg: RunConfig, status: Status, go: socket.socket | None = None) -> No
     linux.prctl(linux.PR_SET_DUMPABLE, 0)   # no /proc/1/exe for the workload (CVE-2019-5736)
     if not cfg.unconfined:
         _build_container(cfg, status)
+    if network is not None:
+        _await_network(network)
+        status.mark("network set up (runner)")
     workload.run(cfg, status, go)
 
 
@@ -240,6 +280,6 @@ def _build_container(cfg: RunConfig, status: Status) -> None:
     status.mark("pivot_root done")
     # --- host name and network
     root.step("set the host name", cfg.hostname, socket.sethostname, cfg.hostname)
-    if cfg.network == "none":
+    if cfg.network in ("none", "bridge", "pasta"):   # a namespace of its own
         root.step("bring up", "lo", linux.loopback_up)
     status.mark("hostname and lo set")

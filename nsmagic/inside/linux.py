@@ -323,3 +323,8 @@ def mount_setattr(fd: int, attr_set: int, recursive: bool = True) -> None:
 def fd_path(fd: int) -> str:
     """A path the kernel resolves to exactly what `fd` names (a mount target chosen by fd)."""
     return f"/proc/self/fd/{fd}"
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Join the namespace `fd` names (os.setns arrived in Python 3.12)."""
+    _check(_libc.setns(fd, nstype))

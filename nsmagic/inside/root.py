@@ -332,6 +332,8 @@ def write_identity(root: Root, plan: RootPlan, hostname: str) -> None:
         return   # a read-only image without /etc, or /etc is not a directory: none of them
     os.close(etc)
     for name in IDENTITY_FILES:
+        if any(bind.target == f"/etc/{name}" for bind in plan.binds):
+            continue   # a volume there (or a network's shared hosts file) is the file
         staged = f"{STAGE}/identity/{name}"
         with open(staged, "w") as f:
             f.write(contents[name])

@@ -57,10 +57,13 @@ def plan(spec: Spec, rootless: bool) -> RootPlan:
     for v in spec.volumes:
         binds.append(Bind(v.source, v.target, v.read_only, os.path.isdir(v.source), v.dev,
                           v.suid))
+    hosts = _network_hosts(spec)
+    if hosts and not any(b.target == "/etc/hosts" for b in binds):   # a volume there wins
+        binds.append(Bind(hosts, "/etc/hosts", read_only=True, is_dir=False))
     dirs = () if spec.rootfs else tuple(Dir(path, mode) for path, mode in EMPTY_DIRS.items())
     return RootPlan(tuple(layers), tuple(links), dirs, tuple(binds), spec.read_only,
                     storage=spec.storage, hidden=_hidden(spec, rootless),
-                    resolv_conf=_resolv_conf())
+                    resolv_conf=_resolv_conf(spec))
 
 
 def _hidden(spec: Spec, rootless: bool) -> tuple[str, ...]:
@@ -71,11 +74,36 @@ def _hidden(spec: Spec, rootless: bool) -> tuple[str, ...]:
     return secrets.hidden()
 
 
-def _resolv_conf() -> str:
+def _network_hosts(spec: Spec) -> str | None:
+    """A bridged network's shared /etc/hosts (see net/hosts.py), made if missing."""
+    from ..net import modes
+    mode = modes.parse(spec.network)
+    if not mode.bridged:
+        return None
+    from ..net import hosts, networks
+    path = networks.get(mode.name).hosts_file
+    hosts.ensure(path)
+    return path
+
+
+def _resolv_conf(spec: Spec) -> str:
     """The host's resolvers, as Docker copies them (with --network none they answer nothing,
-    but a program that reads the file finds one)."""
+    but a program that reads the file finds one). In a network namespace of its own, a
+    resolver on the host's loopback (systemd-resolved's 127.0.0.53) is out of reach: Docker
+    swaps in public servers there; nsmagic leaves such a line out, and adds none."""
     try:
         with open("/etc/resolv.conf") as f:
-            return f.read(65536)
+            text = f.read(65536)
     except OSError:
         return ""
+    if spec.network == "host":
+        return text
+    kept = [line for line in text.splitlines(keepends=True)
+            if not _loopback_nameserver(line)]
+    return "".join(kept)
+
+
+def _loopback_nameserver(line: str) -> bool:
+    words = line.split()
+    return len(words) >= 2 and words[0] == "nameserver" and (
+        words[1].startswith("127.") or words[1] == "::1")

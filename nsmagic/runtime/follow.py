@@ -115,7 +115,7 @@ class Follower:
         return min(wait, max(0.0, self.next_sample - now)) if has_group else wait
 
     def _sample(self) -> None:
-        self.samples.append(self.run.cgroup.usage())
+        self.samples.append(self.run.usage())
         if self.on_sample:
             self.on_sample(self.samples[-1], self.run)
 

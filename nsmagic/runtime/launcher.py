@@ -13,11 +13,17 @@ import time
 
 from .. import cgroups, config
 from ..errors import CgroupError, NsmagicError, SetupError
+from ..inside.init import NETWORK_SET_UP_BY_RUNNER
+from ..net import modes
 from ..spec import Spec
 from . import forkserver, stdio, teardown
 from .pid1 import Pid1
 from .runconfig import run_config, seccomp_filter
 from .spares import Spare, SpareKind, Spares, make_spare, ready_spec
+
+# Networks whose veth the runner has made (by the network helper) while PID 1 builds the
+# root; PID 1 waits for NETWORK_READY before the workload starts.
+RUNNER_SETS_UP = NETWORK_SET_UP_BY_RUNNER
 
 WARM_SPARES = True   # keep one PID 1 ready per kind of run (see Spares)
 READY_SPARES = True  # and for the latest Python cell, its whole container (see ready_spec)
@@ -59,6 +65,9 @@ class Run:
         self.warning: str | None = None      # a banner: what this run does NOT enforce
         self._warnings: list[str] = []
         self.marks: list[tuple[str, float]] = []
+        self._network = None                # client.Pending: the helper's answer, to come
+        self._net: dict | None = None
+        self._counters: NetCounters | None = None
         self._refill: list[tuple[SpareKind, cgroups.Layout]] = []
 
     def mark(self, step: str) -> None:
@@ -83,7 +92,8 @@ class Run:
         if spec.user and self.rootless and spec.user[0] != 0:
             raise SetupError("--user needs root: without it only root (uid 0) is mapped "
                              "into the container; drop --user or run as root.")
-        kind = SpareKind(self.rootless, spec.network, spec.unconfined)
+        mode = modes.parse(spec.network)
+        kind = SpareKind(self.rootless, mode.namespace, spec.unconfined)
         ready = ready_spec(spec) if READY_SPARES and all(self._wants_stdio) else None
         ready_kind = dataclasses.replace(kind, ready=ready) if ready else None
         spare = None
@@ -98,11 +108,14 @@ class Run:
             if spare.kind.ready:   # all is set up and the interpreter waits: let it go
                 return self._go(spare)
             self._limit(spare)
-            self._send_run(spare, layout)
+            self._send_run(spare, layout, mode)
+            if mode.kind in RUNNER_SETS_UP:
+                self._set_up_network(spare, mode)
         except BaseException:
-            if spare is not None and self.pid1 is None:
-                spare.drop()
-            self.cgroup = None
+            if self.pid1 is None:   # else close() takes PID 1 and its group down
+                if spare is not None:
+                    spare.drop()
+                self.cgroup = None
             raise
         return self
 
@@ -164,25 +177,66 @@ class Run:
         self._status_buf = spare.status_read
         return self
 
-    def _send_run(self, spare: Spare, layout: cgroups.Layout) -> None:
-        """The run's config and stdio to the waiting PID 1."""
+    def _send_run(self, spare: Spare, layout: cgroups.Layout, mode: modes.Mode) -> None:
+        """The run's config and stdio to the waiting PID 1 (and the network namespace it
+        joins, for container:NAME). Its control socket stays open where the runner then
+        sets up its network: PID 1 waits there before it starts the workload."""
         spec = self.spec
         cfg = run_config(spec, self.hostname, self.rootless, self.cgroup, layout)
         ours, theirs = stdio.pipes(spec.script is not None, *self._wants_stdio)
+        keep = mode.kind in RUNNER_SETS_UP
         try:
+            if mode.kind == "container":
+                theirs.append(_network_of(mode.name))
             self.started = time.monotonic()
             config.send(spare.control, cfg, theirs)
         except BaseException:
             for f in ours.values():
                 f.close()
+            keep = False
             raise
         finally:
             for fd in theirs:
                 os.close(fd)
-            spare.control.close()
+            if not keep:
+                spare.control.close()
         self.pid1 = spare.pid1.with_stdio(**ours)
         self.status_fd = spare.status_r
         self.mark("run handed to PID 1")
+
+    def _set_up_network(self, spare: Spare, mode: modes.Mode) -> None:
+        """The network helper makes the veth, address, route and limits while PID 1 builds
+        the root, and tells PID 1 itself when they are ready (or why not: PID 1 then
+        reports it as the run's error). The runner goes on at once."""
+        from ..net import client
+        spec = self.spec
+        try:
+            self._network = client.attach(self.pid1, spare.control, self.id, self.name,
+                                          self.hostname, mode.name, spec.publish,
+                                          spec.network_rate)
+        finally:
+            spare.control.close()
+        self.mark("network asked for (helper)")
+
+    @property
+    def network(self) -> dict | None:
+        """The helper's answer (address, veth, published ports), None without a bridge or
+        where the helper could not attach (PID 1 reports why)."""
+        if self._network is not None and self._net is None:
+            try:
+                self._net = self._network.result()
+            except SetupError:
+                self._network = None
+                return None
+            self._counters = NetCounters(self._net["veth"])
+        return self._net
+
+    def usage(self) -> cgroups.Usage:
+        """The group's counters, and the veth's where the run has one."""
+        usage = self.cgroup.usage()
+        if self.network is not None:
+            usage.net_rx_bytes, usage.net_tx_bytes = self._counters.read()
+        return usage
 
     # --- status messages from PID 1
 
@@ -280,6 +334,9 @@ class Run:
         if self.status_fd is not None:
             os.close(self.status_fd)
             self.status_fd = None
+        if self._counters is not None:
+            self._counters.close()
+            self._counters = None
         if self.pid1 is not None or self.cgroup or self._refill:
             if forkserver.in_process():
                 teardown.hand_off(self.pid1, self.cgroup)
@@ -288,6 +345,36 @@ class Run:
             self.pid1 = self.cgroup = None
             self._refill = []
         self.mark("run closed, teardown handed off")
+
+
+class NetCounters:
+    """A veth's byte counters, read from the host's side (kept-open fds, as the cgroup's):
+    what the host's end receives the container sent, and the other way round."""
+
+    def __init__(self, veth: str):
+        base = f"/sys/class/net/{veth}/statistics"
+        self.fds = [os.open(f"{base}/{name}_bytes", os.O_RDONLY | os.O_CLOEXEC)
+                    for name in ("tx", "rx")]
+        self.last = (0, 0)
+
+    def read(self) -> tuple[int, int]:
+        """(received, sent) by the container; the last reading once the veth is gone."""
+        try:
+            self.last = tuple(int(os.pread(fd, 32, 0)) for fd in self.fds)
+        except (OSError, ValueError):
+            pass
+        return self.last
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def _network_of(name: str) -> int:
+    """An fd of the network namespace of the running container `name`."""
+    from ..containers import records
+    return records.network_namespace(name)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import sys
 from .. import cgroups
 from ..config import RunConfig
 from ..inside.workload import KEEP_CAPABILITIES
+from ..net import modes
 from ..rootfs.plan import plan as plan_root
 from ..security import seccomp
 from ..spec import Spec
@@ -22,7 +23,7 @@ def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup
     env.update(dict(spec.env))
     return RunConfig(
         hostname=hostname,
-        network=spec.network,
+        network=modes.parse(spec.network).kind,
         rootless=rootless,
         plan=plan_root(spec, rootless),
         cgroup_namespace=cgroup is not None,

@@ -29,7 +29,7 @@ from .runconfig import run_config
 class SpareKind:
     """What must be known when PID 1 is cloned: runs of one kind can share spares."""
     rootless: bool
-    network: str
+    network: str        # the namespace PID 1 is cloned with: private, host, join (net/modes)
     unconfined: bool
     # A Python cell's whole container (see ready_spec): with it the spare also builds the
     # root and starts the interpreter, which then waits for the cell on its stdin.
@@ -41,6 +41,8 @@ def ready_spec(spec: Spec) -> Spec | None:
     cell is run. Not with --rootfs or -v: their sources may change between cells (a layer
     rebuilt, a directory recreated), and a container made earlier would show the old ones."""
     if spec.command or spec.script is None or spec.rootfs or spec.volumes or spec.unconfined:
+        return None
+    if spec.network not in ("none", "host"):   # its network is set up for its run only
         return None
     return spec.container_part()
 

@@ -124,9 +124,11 @@ def _removed(cgroup: cgroups.Cgroup) -> bool:
 
 
 def settle() -> set[str]:
-    """Wait for background work (ended runs' teardown, spares being made); return the group
-    names of the ready spares, which stay by design."""
+    """Wait for background work (ended runs' teardown, their networks' detach by the helper,
+    spares being made); return the group names of the ready spares, which stay by design."""
     Teardown.settle()
+    from ..net import client
+    client.settle()
     return Spares.settle()
 
 

@@ -1,0 +1,321 @@
+"""Bridged networks (issue 14, part 1): an address from the network's subnet on eth0, set up
+before the workload starts; a default route through the bridge; outbound NAT to an
+"outside" the test makes behind the host; and nothing left after: no veth, no bridge while
+unused, no rule, no lease, no namespace held open. Traffic goes only to loopback and to
+namespaces the tests made."""
+
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import REPO, needs_root, run_spec
+from leaks import network_leftovers
+
+from nsmagic.core import settle
+from nsmagic.net import ipam, networks
+
+pytestmark = [pytest.mark.kernel, needs_root]
+OUTSIDE = "nsmagic-test-out"          # a namespace standing for the world behind the host
+OUTSIDE_HOST, OUTSIDE_PEER = "198.51.100.1", "198.51.100.2"   # TEST-NET-2
+
+
+def sh(options: str, script: str):
+    return run_spec(f"{options} -- sh -c {_quote(script)}")
+
+
+def _quote(text: str) -> str:
+    import shlex
+    return shlex.quote(text)
+
+
+def test_a_bridged_run_has_its_address_and_route_before_its_first_instruction(no_leaks):
+    """The workload's first command already sees eth0 up with its address and the default
+    route: PID 1 waited for the runner's word that the helper had set them up."""
+    done = sh("--network bridge", "ip -4 -o addr show eth0; ip route; cat /etc/hosts")
+    assert done.result.exit_code == 0, done
+    network = networks.get("bridge")
+    address = done.out.split("inet ")[1].split("/")[0]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(network.subnet)
+    assert f"default via {network.gateway} dev eth0" in done.out
+    assert f"{address}\t{done.result.name} {done.result.id}" in done.out   # its own name
+    assert "state UP" in sh("--network bridge", "ip -o link show eth0").out
+
+
+def test_two_bridged_containers_reach_each_other_and_the_gateway(no_leaks):
+    server = "import http.server as h; h.HTTPServer(('', 8000), h.SimpleHTTPRequestHandler)" \
+             ".serve_forever()"
+    from nsmagic.core import start
+    from nsmagic.spec import Spec
+    web = start(Spec.from_argv(["--network", "bridge", "-w", "/etc", "--", "python3", "-c",
+                                server]))
+    try:
+        ip = web.network["ip"]
+        done = sh("--network bridge", f"for i in $(seq 50); do wget -q -O - "
+                  f"http://{ip}:8000/hostname && exit 0; sleep 0.1; done; exit 1")
+        assert done.result.exit_code == 0, done
+        assert done.out.strip() == web.hostname   # the server's own /etc/hostname
+    finally:
+        web.stop()
+        web.wait()
+        web.close()
+
+
+@pytest.fixture
+def outside():
+    """A network namespace behind the host (its own veth to the host, 198.51.100.0/24), with
+    a TCP server that answers each connection with the address it came from."""
+    steps = [["ip", "netns", "add", OUTSIDE],
+             ["ip", "link", "add", "nsmtout0", "type", "veth", "peer", "name", "eth0",
+              "netns", OUTSIDE],
+             ["ip", "addr", "add", f"{OUTSIDE_HOST}/24", "dev", "nsmtout0"],
+             ["ip", "link", "set", "nsmtout0", "up"],
+             ["ip", "-n", OUTSIDE, "addr", "add", f"{OUTSIDE_PEER}/24", "dev", "eth0"],
+             ["ip", "-n", OUTSIDE, "link", "set", "eth0", "up"]]
+    server = None
+    try:
+        for argv in steps:
+            subprocess.run(argv, check=True, capture_output=True)
+        code = ("import socket\ns = socket.socket(); s.bind(('0.0.0.0', 9000)); s.listen()\n"
+                "print('up', flush=True)\nwhile True:\n    c, a = s.accept()\n"
+                "    c.sendall(a[0].encode()); c.close()")
+        server = subprocess.Popen(["ip", "netns", "exec", OUTSIDE, "/usr/bin/python3", "-c",
+                                   code], stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline() == "up\n"
+        yield OUTSIDE_PEER
+    finally:
+        if server:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "link", "del", "nsmtout0"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", OUTSIDE], capture_output=True)
+
+
+def test_outbound_traffic_leaves_as_the_host(outside, no_leaks):
+    """Masquerade: the outside sees the host's address, never the container's (it has no
+    route back to the container's subnet)."""
+    client = ("import socket; s = socket.create_connection(('%s', 9000), timeout=5); "
+              "print(s.recv(64).decode())" % outside)
+    done = run_spec(["--network", "bridge", "--", "python3", "-c", client])
+    assert done.result.exit_code == 0, done
+    assert done.out.strip() == OUTSIDE_HOST
+
+
+def test_none_reaches_nothing_not_even_the_hosts_loopback(outside, no_leaks):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    probe = ("import socket, sys\nfor host in sys.argv[1:]:\n    try:\n"
+             "        socket.create_connection((host, %d), timeout=2)\n"
+             "        print(host, 'reached')\n    except OSError as e:\n"
+             "        print(host, e.errno)" % port)
+    try:
+        done = run_spec(["--network", "none", "--", "python3", "-c", probe, "127.0.0.1",
+                         OUTSIDE_PEER, _host_address()])
+    finally:
+        listener.close()
+    assert done.result.exit_code == 0, done
+    assert "reached" not in done.out, done.out
+    assert "127.0.0.1 111" in done.out              # its own lo: refused
+    assert f"{OUTSIDE_PEER} 101" in done.out        # no route at all: network unreachable
+
+
+def _host_address() -> str:
+    """An address of the host's own (its default route's source), no traffic sent."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                         capture_output=True, text=True).stdout
+    return out.split("inet ")[1].split("/")[0] if "inet " in out else "192.0.2.2"
+
+
+def test_the_runner_never_imports_pyroute2(no_leaks):
+    code = ("import sys; sys.path.insert(0, %r); from nsmagic.core import run; "
+            "from nsmagic.spec import Spec; "
+            "r = run(Spec.from_argv('--network bridge -- true')); "
+            "print(r.exit_code, 'pyroute2' in sys.modules)" % REPO)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["0", "False"], done.stderr
+
+
+def test_a_sigkilled_runners_network_goes_with_it():
+    """The helper watches each PID 1: the runner's death kills PID 1 (PDEATHSIG), and its
+    veth, lease, bridge and rules then go without any later run."""
+    before = set(network_leftovers(settle=True))
+    code = ("import sys; sys.path.insert(0, %r); from nsmagic.core import start; "
+            "from nsmagic.spec import Spec; "
+            "r = start(Spec.from_argv('--network bridge -p 18099:80 -- sleep 60')); "
+            "print(r.network['veth'], flush=True); sys.stdin.read()" % REPO)
+    runner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    veth = runner.stdout.readline().strip()
+    assert os.path.exists(f"/sys/class/net/{veth}")
+    rules = subprocess.run(["nft", "list", "table", "ip", "nsmagic"], capture_output=True,
+                           text=True).stdout
+    assert "dport 18099" in rules                  # its DNAT rule is there
+    runner.kill()
+    runner.wait()
+    deadline, left = time.monotonic() + 10, None
+    while time.monotonic() < deadline:
+        left = set(network_leftovers(settle=True)) - before
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left
+
+
+# --- IPAM: the lease file
+
+
+@pytest.fixture
+def scratch_network(tmp_path, monkeypatch):
+    """A network defined in a scratch store (no device is made for it here)."""
+    monkeypatch.setenv("NSMAGIC_STORE", str(tmp_path))
+    return networks.create("nsmagic-ipam-test", "10.250.0.0/29")
+
+
+def _holder(pid: int, run_id: str) -> dict:
+    return ipam.holder(run_id, run_id, run_id, pid, "")
+
+
+@pytest.mark.core
+def test_addresses_are_never_handed_out_twice_even_by_racing_processes(scratch_network):
+    """Six processes allocate at once from a /29 (five addresses besides the gateway): five
+    get distinct addresses, the sixth is told the network is full, in one sentence."""
+    code = ("import sys, json; sys.path.insert(0, %r); from nsmagic.net import ipam, "
+            "networks\nn = networks.get('nsmagic-ipam-test')\ntry:\n"
+            "    with ipam.Leases(n) as l: print(l.allocate(ipam.holder('r', 'r', 'r', "
+            "int(sys.argv[1]), '')))\nexcept Exception as e: print('error', e)" % REPO)
+    keep = subprocess.Popen(["sleep", "30"])   # a live holder for every lease
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(keep.pid)],
+                                  stdout=subprocess.PIPE, text=True, env=os.environ)
+                 for _ in range(6)]
+        answers = [p.communicate(timeout=30)[0].strip() for p in procs]
+        addresses = [a for a in answers if not a.startswith("error")]
+        assert len(addresses) == 5 and len(set(addresses)) == 5, answers
+        assert scratch_network.gateway not in addresses
+        assert [a for a in answers if a.startswith("error")] == [
+            "error the network nsmagic-ipam-test (10.250.0.0/29) has no free address left; "
+            "stop a container on it, or use a network with a larger subnet."]
+    finally:
+        keep.kill()
+        keep.wait()
+
+
+@pytest.mark.core
+def test_a_dead_holders_lease_is_reclaimed_a_live_ones_is_kept(scratch_network):
+    live = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        with ipam.Leases(scratch_network) as leases:
+            first = leases.allocate(_holder(live.pid, "live"))
+            second = leases.allocate(_holder(dead.pid, "dead"))
+        with ipam.Leases(scratch_network) as leases:   # as after a crash: read back
+            assert set(leases.live()) == {first} and set(leases.stale()) == {second}
+            for _ in range(4):
+                leases.allocate(_holder(live.pid, "more"))
+            assert second in leases.leases and leases.leases[second]["id"] == "more"
+            assert leases.leases[first]["id"] == "live"
+    finally:
+        live.kill()
+        live.wait()
+
+
+@pytest.mark.core
+def test_a_garbled_lease_file_is_one_sentence_not_a_free_for_all(scratch_network):
+    with open(os.path.join(scratch_network.directory, "leases.json"), "w") as f:
+        f.write("{not json")
+    from nsmagic.errors import NsmagicError
+    with pytest.raises(NsmagicError, match="lease file .* is garbled"):
+        with ipam.Leases(scratch_network):
+            pass
+
+
+def test_hundred_containers_on_one_bridge_start_and_leave_nothing(no_leaks):
+    """100 containers started from one runner, all on the bridge at once, each with its own
+    address; after they are stopped and removed, no veth, lease, bridge or rule is left."""
+    from nsmagic.core import start
+    from nsmagic.spec import Spec
+    spec = Spec.from_argv(["--network", "bridge", "--", "sleep", "60"])
+    runs, t0 = [], time.monotonic()
+    try:
+        for _ in range(100):
+            runs.append(start(spec))
+        took = time.monotonic() - t0
+        addresses = {r.network["ip"] for r in runs}
+        assert len(addresses) == 100
+        bridge = networks.get("bridge").bridge
+        ports = os.listdir(f"/sys/class/net/{bridge}/brif")
+        assert len([p for p in ports if p.startswith("nsm")]) >= 100
+    finally:
+        for r in runs:
+            r.kill_all()
+        for r in runs:
+            r.wait()
+            r.close()
+    settle()
+    print(f"100 bridged containers started in {took:.2f} s")
+
+
+def test_threads_attaching_at_once_get_distinct_addresses(no_leaks):
+    from nsmagic.core import start
+    from nsmagic.spec import Spec
+    spec = Spec.from_argv(["--network", "bridge", "--", "sleep", "30"])
+    runs, errors = [], []
+
+    def one():
+        try:
+            runs.append(start(spec))
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors
+        assert len({r.network["ip"] for r in runs}) == 8
+    finally:
+        for r in runs:
+            r.kill_all()
+            r.wait()
+            r.close()
+
+
+def test_leases_are_json_with_their_holder(no_leaks):
+    from nsmagic.core import start
+    from nsmagic.spec import Spec
+    run = start(Spec.from_argv(["--network", "bridge", "--name", "nsmagic-lease-test", "--",
+                                "sleep", "30"]))
+    try:
+        address = run.network["ip"]    # the helper's answer: its lease is written by then
+        path = os.path.join(networks.get("bridge").directory, "leases.json")
+        with open(path) as f:
+            held = json.load(f)["leases"][address]
+        assert held["name"] == "nsmagic-lease-test" and held["pid"] == run.pid1.pid
+        assert held["veth"] == run.network["veth"]
+    finally:
+        run.kill_all()
+        run.wait()
+        run.close()
+
+
+def test_a_published_port_in_use_is_one_sentence(no_leaks):
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    port = taken.getsockname()[1]
+    try:
+        done = sh(f"--network bridge -p {port}:80", "echo never")
+    finally:
+        taken.close()
+    assert done.result.exit_code == 125 and done.out == ""
+    assert done.result.error == (f"-p {port}:80/tcp: the host's port {port} is in use by "
+                                 "another program or container; choose another host port.")
