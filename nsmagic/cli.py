@@ -108,11 +108,17 @@ def _parser(prog: str, description: str):
     return OptionParser(prog=prog, description=description)
 
 
-COMMANDS = {"run": run, "info": info, "ps": ps}
+def network(argv: list[str]) -> int:
+    from .net.commands import network
+    return network(argv)
+
+
+COMMANDS = {"run": run, "info": info, "ps": ps, "network": network}
 
 USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
        nsmagic info [--json]
        nsmagic ps
+       nsmagic network create|ls|rm|inspect|prune ...
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.
@@ -120,10 +126,13 @@ run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
 info    what this machine can do: kernel, cgroup layout, namespaces, overlayfs,
         the seccomp filter.
 ps      every running nsmagic container on this machine (any notebook's or shell's).
+network create [--subnet CIDR] NAME | ls | rm NAME | inspect NAME | prune
+        user-defined bridge networks, whose containers find each other by name.
 
 options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N
         --device-{read,write}-{bps,iops} DEV:RATE --blkio-weight N --hostname NAME
-        --network none|host --rootfs DIR -v SRC:DST[:ro] -e K=V -w DIR --read-only
+        --network none|host|bridge|NAME|container:NAME -p [IP:]HOST:CONTAINER[/udp]
+        --network-rate RATE --rootfs DIR -v SRC:DST[:ro] -e K=V -w DIR --read-only
         --user UID[:GID] --timeout SECONDS --name NAME --strict --profile
         --security-opt seccomp=unconfined (Docker's seccomp profile is loaded otherwise)
 """

@@ -7,6 +7,7 @@ namespaces the tests made."""
 import ipaddress
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -319,3 +320,189 @@ def test_a_published_port_in_use_is_one_sentence(no_leaks):
     assert done.result.exit_code == 125 and done.out == ""
     assert done.result.error == (f"-p {port}:80/tcp: the host's port {port} is in use by "
                                  "another program or container; choose another host port.")
+
+
+# --- user-defined networks, names, published ports
+
+
+SERVER = ("import http.server as h, sys; h.HTTPServer(('', 8000), h.SimpleHTTPRequestHandler)"
+          ".serve_forever()")
+FETCH = ("import sys, time, urllib.request\nfor _ in range(100):\n    try:\n"
+         "        print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode().strip())"
+         "\n        break\n    except OSError as e:\n        err = e\n        time.sleep(0.05)\n"
+         "else:\n    sys.exit(f'unreachable: {err}')")
+
+
+@pytest.fixture
+def user_network():
+    name = f"nsmagic-test-{os.getpid()}"
+    networks.create(name)
+    yield name
+    settle()
+    networks.remove(name)
+
+
+def _serve(*options: str, name: str | None = None):
+    """A container serving its /etc over HTTP on port 8000 (so /hostname is its name)."""
+    from nsmagic.core import start
+    from nsmagic.spec import Spec
+    argv = [*options, *(["--name", name] if name else []), "-w", "/etc", "--",
+            "/usr/bin/python3", "-c", SERVER]
+    return start(Spec.from_argv(argv))
+
+
+def _stop(run) -> None:
+    run.kill_all()
+    run.wait()
+    run.close()
+
+
+def test_containers_on_a_user_network_reach_each_other_by_name(user_network, no_leaks):
+    web = _serve("--network", user_network, "--hostname", "webhost", name="web")
+    try:
+        done = run_spec(["--network", user_network, "--", "/usr/bin/python3", "-c", FETCH,
+                         "http://web:8000/hostname"])
+        assert done.result.exit_code == 0, done
+        assert done.out.strip() == "webhost"
+        by_hostname = run_spec(["--network", user_network, "--", "/usr/bin/python3", "-c",
+                                FETCH, "http://webhost:8000/hostname"])
+        assert by_hostname.out.strip() == "webhost", by_hostname
+    finally:
+        _stop(web)
+
+
+def test_networks_are_kept_apart(user_network, no_leaks):
+    """A container on the default bridge cannot reach one on another network (Docker's
+    isolation between networks), though both can reach their own."""
+    web = _serve("--network", user_network)
+    try:
+        url = f"http://{web.network['ip']}:8000/hostname"
+        probe = ["--", "/usr/bin/python3", "-c", "import socket, sys; socket.create_connection"
+                 "((sys.argv[1], 8000), timeout=2)", web.network["ip"]]
+        assert run_spec(["--network", "bridge", *probe]).result.exit_code != 0
+        assert run_spec(["--network", user_network, "--", "/usr/bin/python3", "-c", FETCH,
+                         url]).result.exit_code == 0
+    finally:
+        _stop(web)
+
+
+def test_a_published_port_is_reached_from_the_host_and_from_containers(no_leaks):
+    """The runner (as a notebook's kernel would) reaches it at 127.0.0.1 and at the host's
+    address; another container reaches it through the host's address; the container itself
+    through the host's address too (hairpin)."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    web = _serve("--network", "bridge", "-p", f"{port}:8000", "--hostname", "published")
+    try:
+        assert web.network["ports"] == [["", port, 8000, "tcp"]]
+        for host in ("127.0.0.1", _host_address()):
+            assert _fetch(f"http://{host}:{port}/hostname") == "published"
+        other = run_spec(["--network", "bridge", "--", "/usr/bin/python3", "-c", FETCH,
+                          f"http://{_host_address()}:{port}/hostname"])
+        assert other.out.strip() == "published", other
+    finally:
+        _stop(web)
+    with pytest.raises(OSError):   # gone with its container
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def test_a_port_published_on_one_address_and_a_port_the_kernel_picks(no_leaks):
+    web = _serve("--network", "bridge", "-p", "127.0.0.1::8000", "--hostname", "picked")
+    try:
+        host_ip, port, _, _ = web.network["ports"][0]
+        assert host_ip == "127.0.0.1" and port > 0
+        assert _fetch(f"http://127.0.0.1:{port}/hostname") == "picked"
+        with pytest.raises(OSError):   # the port is held: no program of the host takes it
+            socket.socket().bind(("127.0.0.1", port))
+    finally:
+        _stop(web)
+
+
+def _fetch(url: str) -> str:
+    import urllib.request
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=2).read().decode().strip()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.core
+def test_network_commands_say_one_sentence(tmp_path, monkeypatch):
+    from nsmagic.cli import main
+    monkeypatch.setenv("NSMAGIC_STORE", str(tmp_path))
+    assert main(["network", "create", "--subnet", "10.251.0.0/24", "nsmagic-a"]) == 0
+    assert main(["network", "create", "nsmagic-a"]) == 125
+    assert main(["network", "create", "--subnet", "10.251.0.0/25", "nsmagic-b"]) == 125
+    assert main(["network", "rm", "nosuch"]) == 125
+    assert main(["network", "rm", "nsmagic-a"]) == 0
+    assert networks.all_networks()[0].name == "bridge"
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("argv, words", [
+    ("--network bridge -p 80:8080:80", ["80:8080:80", "IPv4 address"]),
+    ("--network bridge -p 70000:80", ["1 to 65535"]),
+    ("--network bridge -p 80/sctp", ["tcp or udp"]),
+    ("-p 8080:80", ["-p", "--network bridge"]),
+    ("--network-rate 1mbit", ["--network-rate", "--network bridge"]),
+    ("--network bridge --network-rate fast", ["--network-rate", "size"]),
+    ("--network bridge --network-rate 10bit", ["below 1000"]),
+    ("--network container:", ["container:NAME"]),
+    ("--network nosuchnet", ["nosuchnet", "network create"]),
+    ("--network bridge -p 8080:80 -p 8080:81", ["twice"]),
+    ("--unconfined --network bridge", ["--unconfined"]),
+])
+def test_bad_network_options_give_one_sentence(argv, words):
+    from nsmagic.errors import SpecError
+    from nsmagic.spec import Spec
+    with pytest.raises(SpecError) as info:
+        Spec.from_argv(argv + " -- true")
+    message = str(info.value)
+    assert all(w in message for w in words), message
+    assert not re.search(r"\. [A-Z]", message) and message.endswith("."), message
+
+
+@pytest.mark.core
+def test_rates_in_bits_and_bytes():
+    from nsmagic.net.ports import parse_rate
+    assert parse_rate("8mbit") == 1_000_000
+    assert parse_rate("1mb") == parse_rate("1M") == 1 << 20
+
+
+# --- /etc/hosts, /etc/hostname, /etc/resolv.conf for every root
+
+
+@pytest.mark.parametrize("network", ["none", "bridge"])
+@pytest.mark.parametrize("root", ["host", "busybox"])
+def test_every_root_gets_its_identity_files(root, network, busybox_root, no_leaks):
+    options = ["--network", network, "--hostname", "ident"]
+    if root == "busybox":
+        options += ["--rootfs", busybox_root]
+    done = run_spec([*options, "--", "sh", "-c", "cat /etc/hostname; echo --; cat /etc/hosts;"
+                     " echo --; cat /etc/resolv.conf; echo --; hostname"])
+    assert done.result.exit_code == 0, done
+    hostname, hosts, resolv, live = done.out.split("--\n")
+    assert hostname == "ident\n" and live == "ident\n"
+    assert "127.0.0.1\tlocalhost" in hosts
+    if network == "bridge":   # the network's shared file: its own address under its names
+        assert re.search(rf"^10\.123\.\d+\.\d+\t{done.result.name} ident$", hosts, re.M), hosts
+    else:
+        assert "127.0.1.1\tident" in hosts
+    assert not re.search(r"^nameserver (127\.|::1)", resolv, re.M)   # unreachable from here
+    with open("/etc/resolv.conf") as f:
+        host_servers = [line for line in f if line.startswith("nameserver")
+                        and not line.split()[1].startswith("127.")]
+    assert all(line in resolv for line in host_servers)
+
+
+def test_the_shared_hosts_file_is_read_only_inside(user_network, no_leaks):
+    done = run_spec(["--network", user_network, "--", "sh", "-c",
+                     "echo '10.0.0.1 evil' >> /etc/hosts; echo $?"])
+    assert done.out.strip() != "0" and "evil" not in open(
+        networks.get(user_network).hosts_file).read()
