@@ -50,30 +50,38 @@ FRAME_BUDGET = 0.04             # a frame may cost at most this share of one cor
 
 _COLORS = {"cpu": "#1f77b4", "throttled": "#d62728", "quota": "#7f7f7f", "memory": "#2ca02c",
            "working_set": "#9467bd", "peak": "#2ca02c", "limit": "#7f7f7f", "oom": "#d62728",
-           "read": "#17becf", "write": "#ff7f0e"}
+           "read": "#17becf", "write": "#ff7f0e", "received": "#8c564b", "sent": "#e377c2"}
+# Panels beside CPU and memory, shown once there is something to show: their title, the
+# Series' two rates, and their legend names.
+PANELS = {"io": ("disk I/O, MiB/s", ("io_read", "io_write"), ("read", "write")),
+          "net": ("network, MiB/s", ("net_rx", "net_tx"), ("received", "sent"))}
 
 
 # --- the picture
 
 
 class Plot:
-    """Two panels (CPU % of one core, memory MiB) on an Agg canvas, rendered to PNG bytes,
-    and a third (block I/O, MiB/s) from the start when the run has I/O rate limits, else from
-    the first frame whose series shows I/O.
+    """Two panels (CPU % of one core, memory MiB) on an Agg canvas, rendered to PNG bytes;
+    a third (block I/O, MiB/s) from the start when the run has I/O rate limits, else from
+    the first frame whose series shows I/O; and a network one (received and sent on the
+    container's veth, MiB/s) likewise, with a network rate limit or network traffic.
 
     Knows nothing of kernels or cgroups: it draws a `monitor.Series` against the limits.
-    `io_limits` is (read, write) in bytes/s, each None where not limited."""
+    `io_limits` is (read, write) in bytes/s, each None where not limited; `net_limit` the
+    --network-rate, in bytes/s each way."""
 
     def __init__(self, memory_limit: int | None = None, cpus: float | None = None,
                  width: float = 7.2, height: float = 3.3, dpi: int = 90,
-                 io_limits: tuple[int | None, int | None] | None = None):
+                 io_limits: tuple[int | None, int | None] | None = None,
+                 net_limit: int | None = None):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         self.memory_limit = memory_limit / MiB if memory_limit else None
         self.cpus = cpus
         self.io_limits = io_limits
-        self.ax_io = None
+        self.limits = {"io": io_limits or (), "net": (net_limit, net_limit)}
+        self.panels: dict[str, tuple] = {}    # kind -> (axes, its two lines)
         self.cores = os.cpu_count() or 1
         self.fig = fig = Figure(figsize=(width, height), dpi=dpi, facecolor="white")
         self.canvas = FigureCanvasAgg(fig)
@@ -89,8 +97,19 @@ class Plot:
         self._background = None
         self.full_draws = 0
         self.frames = 0
+        self._size = (width, height)
         if io_limits:
-            self._add_io_panel()
+            self._add_panel("io")
+        if net_limit:
+            self._add_panel("net")
+
+    @property
+    def ax_io(self):
+        return self.panels["io"][0] if "io" in self.panels else None
+
+    @property
+    def ax_net(self):
+        return self.panels["net"][0] if "net" in self.panels else None
 
     def _style_axes(self) -> None:
         for ax, title in ((self.ax_cpu, "CPU, % of one core"), (self.ax_mem, "memory, MiB")):
@@ -148,36 +167,43 @@ class Plot:
             self.ax_mem.set_ylim(0, 64)
         _legend(self.ax_mem, handles)
 
-    def _add_io_panel(self) -> None:
-        """A third, narrower panel, the figure widened for it so that the other two keep
-        their size and legends (the background is redrawn once, as when an axis doubles)."""
+    def _add_panel(self, kind: str) -> None:
+        """A narrower panel to the right, the figure widened for it so that the others
+        keep their size and legends (the background is redrawn once, as when an axis
+        doubles)."""
         from matplotlib.lines import Line2D
-        width, height = self.fig.get_size_inches()
-        grow = 1.42
+        title, _, names = PANELS[kind]
+        kinds = [*self.panels, kind]
+        width, height = self._size
+        grow = 1 + 0.42 * len(kinds)
         self.fig.set_size_inches(width * grow, height)
-        grid = self.fig.add_gridspec(1, 3, width_ratios=(1, 1, 0.8), wspace=0.3,
-                                     left=0.075 / grow, right=1 - 0.015 / grow)
+        grid = self.fig.add_gridspec(1, 2 + len(kinds), width_ratios=(1, 1, *[0.8] * len(kinds)),
+                                     wspace=0.3, left=0.075 / grow, right=1 - 0.015 / grow)
         self.ax_cpu.set_subplotspec(grid[0])
         self.ax_mem.set_subplotspec(grid[1])
-        self.ax_io = ax = self.fig.add_subplot(grid[2])
-        ax.set_ylabel("disk I/O, MiB/s", fontsize=8, labelpad=2)
+        for column, (ax, _) in enumerate(self.panels.values(), 2):
+            ax.set_subplotspec(grid[column])
+        ax = self.fig.add_subplot(grid[1 + len(kinds)])
+        ax.set_ylabel(title, fontsize=8, labelpad=2)
         ax.set_xlabel("seconds", fontsize=8, labelpad=1)
         ax.tick_params(labelsize=7, pad=1.5)
         ax.grid(True, color="#e6e6e6", linewidth=0.6)
         ax.set_axisbelow(True)
         ax.set_xlim(self.ax_cpu.get_xlim())
-        self.io_lines = [Line2D([], [], color=_COLORS[key], label=key, animated=True,
-                                linewidth=1.4) for key in ("read", "write")]
-        for artist in self.io_lines:
+        lines = [Line2D([], [], color=_COLORS[key], label=key, animated=True, linewidth=1.4)
+                 for key in names]
+        for artist in lines:
             ax.add_line(artist)
-        handles, top = list(self.io_lines), 1.0
-        for rate, key in zip(self.io_limits or (), ("read", "write")):
-            if rate:
+        handles, top = list(lines), 1.0
+        limits = self.limits[kind]
+        for rate, key in zip(limits, names):
+            if rate and not (kind == "net" and key == "sent"):   # one line for both ways
                 handles.append(ax.axhline(rate / MiB, color=_COLORS[key], linestyle=":",
                                           linewidth=1.2, label="limit"))
                 top = max(top, rate / MiB * 1.3)
         ax.set_ylim(0, top)
         _legend(ax, handles[:3])
+        self.panels[kind] = (ax, lines)
         self._background = None
 
     # -- axes grow by doubling, so the background is redrawn log2(n) times per run
@@ -207,23 +233,25 @@ class Plot:
             while mem_max > mem_top * 0.95:
                 mem_top, changed = mem_top * 2, True
                 self.ax_mem.set_ylim(0, mem_top)
-        if self.ax_io is not None:
-            io_top = self.ax_io.get_ylim()[1]
-            io_max = max(series.max_of("io_read"), series.max_of("io_write"))
-            while io_max > io_top * 0.95:
-                io_top, changed = io_top * 2, True
-                self.ax_io.set_ylim(0, io_top)
+        for kind, (ax, _) in self.panels.items():
+            top = ax.get_ylim()[1]
+            most = max(series.max_of(name) for name in PANELS[kind][1])
+            while most > top * 0.95:
+                top, changed = top * 2, True
+                ax.set_ylim(0, top)
         if changed:
             self._background = None
 
     def _axes(self) -> list:
-        return [ax for ax in (self.ax_cpu, self.ax_mem, self.ax_io) if ax is not None]
+        return [self.ax_cpu, self.ax_mem, *(ax for ax, _ in self.panels.values())]
 
     def render(self, series: Series, final: bool = False, header: str | None = None) -> bytes:
         """One frame as PNG bytes: one (partial) draw, one encode. `final` fits the time
         axis to the run; `header` replaces the live stats line."""
-        if self.ax_io is None and series.io_seen:
-            self._add_io_panel()
+        if "io" not in self.panels and series.io_seen:
+            self._add_panel("io")
+        if "net" not in self.panels and series.net_seen:
+            self._add_panel("net")
         self._fit(series, final)
         if self._background is None:
             self.canvas.draw()               # skips the animated artists
@@ -247,10 +275,10 @@ class Plot:
             artist.set_data(xs, ys)
         moving = [self.throttled_fill, self.cpu_line, self.peak_line, self.mem_line,
                   self.ws_line, *self.oom_lines]
-        if self.ax_io is not None:
-            for artist, values in zip(self.io_lines, (series.io_read, series.io_write)):
-                artist.set_data(t, values)
-            moving += self.io_lines
+        for kind, (_, lines) in self.panels.items():
+            for artist, name in zip(lines, PANELS[kind][1]):
+                artist.set_data(t, getattr(series, name))
+            moving += lines
         for artist in moving:
             artist.axes.draw_artist(artist)
         import numpy as np
@@ -330,6 +358,8 @@ def stats_line(series: Series) -> str:
         parts.insert(2, f"throttled {c['throttled_s']:.1f} s")
     if series.io_seen:
         parts.insert(-1, f"I/O r {c['io_read'] or 0:.1f} w {c['io_write'] or 0:.1f} MiB/s")
+    if series.net_seen:
+        parts.insert(-1, f"net rx {c['net_rx'] or 0:.2f} tx {c['net_tx'] or 0:.2f} MiB/s")
     return "  ·  ".join(parts)
 
 
@@ -401,7 +431,8 @@ class LiveView:
             widgets = WIDGETS
         self.widgets = _widgets_work() if widgets is None else bool(widgets and _widgets_work())
         self.period = FRAME_PERIOD if period is None else period
-        self.plot = Plot(spec.memory, spec.cpus, io_limits=io_limits(spec))
+        self.plot = Plot(spec.memory, spec.cpus, io_limits=io_limits(spec),
+                         net_limit=getattr(spec, "network_rate", None))
         self.series: Series | None = None
         self.handle = None              # IPython DisplayHandle of the plot (both modes)
         self._box = self._image = self._stats = None
@@ -491,6 +522,9 @@ class LiveView:
         if self.series.io_seen or self.plot.ax_io is not None:
             rows += [("disk read", f"{c['io_read'] or 0:.1f} MiB/s"),
                      ("disk write", f"{c['io_write'] or 0:.1f} MiB/s")]
+        if self.series.net_seen or self.plot.ax_net is not None:
+            rows += [("net received", f"{c['net_rx'] or 0:.2f} MiB/s"),
+                     ("net sent", f"{c['net_tx'] or 0:.2f} MiB/s")]
         cell = "padding:0 10px 0 0;line-height:1.35;border:0;text-align:left"
         cells = "".join(
             f"<tr><td style='{cell};color:#555'>{k}</td><td style='{cell}"

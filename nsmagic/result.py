@@ -43,6 +43,11 @@ class Result:
     io_read_bytes: int | None = None       # block I/O, where the run's group counted it
     io_write_bytes: int | None = None
     io_limits: tuple[str, ...] = ()        # "write 1.0 MiB/s on /dev/loop3", ...
+    address: str | None = None             # its address on a bridge ("10.123.0.2 on bridge")
+    ports: tuple[str, ...] = ()            # published: "0.0.0.0:8080->80/tcp"
+    net_rx_bytes: int | None = None        # received and sent on its veth
+    net_tx_bytes: int | None = None
+    network_rate: int | None = None        # --network-rate, bytes/s each way
     cgroup_version: str | None = None
     limits_enforced: bool = True
     stdout: str | None = None             # --out / --err: the captured text
@@ -106,9 +111,23 @@ def build(run, usage: Usage | None, samples: list[Usage], stop: Stop,
         memory_limit=spec.memory, pids_peak=pids_peak, cpus=spec.cpus, pids_limit=spec.pids,
         io_read_bytes=usage.io_read_bytes if usage else None,
         io_write_bytes=usage.io_write_bytes if usage else None, io_limits=io_limits(spec),
+        **_network(run, usage),
         cgroup_version=run.cgroup.version if run.cgroup else None,
         limits_enforced=run.limits_enforced, stdout=stdout, stderr=stderr,
         samples=tuple(samples), profile=run.marks)
+
+
+def _network(run, usage: Usage | None) -> dict:
+    """A bridged run's address, ports and traffic (nothing for none or host)."""
+    net = getattr(run, "network", None)
+    if not net:
+        return {}
+    from .net.ports import Port
+    return {"address": f"{net['ip']} on {net.get('name') or run.spec.network}",
+            "ports": tuple(str(Port(*p)) for p in net.get("ports", ())),
+            "net_rx_bytes": usage.net_rx_bytes if usage else None,
+            "net_tx_bytes": usage.net_tx_bytes if usage else None,
+            "network_rate": run.spec.network_rate}
 
 
 @dataclass(frozen=True)
@@ -147,6 +166,14 @@ def rows(r: Result) -> list[Row]:
                 f"written {format_size(r.io_write_bytes or 0)}")
         limits = f" ({'; '.join(r.io_limits)})" if r.io_limits else ""
         out.append(Row("disk I/O", done + limits, f"disk {done}{limits}"))
+    if r.address:
+        from .net.ports import format_rate
+        done = (f"received {format_size(r.net_rx_bytes or 0)}, "
+                f"sent {format_size(r.net_tx_bytes or 0)}")
+        limit = f" (limit {format_rate(r.network_rate)} each way)" if r.network_rate else ""
+        ports = f", {', '.join(r.ports)}" if r.ports else ""
+        out.append(Row("network", f"{r.address}{ports}; {done}{limit}",
+                       f"net {done}{limit}"))
     if r.timed_out:
         out.append(Row("stopped", "timed out", "timed out", alert=True))
     elif r.interrupted:

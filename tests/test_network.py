@@ -506,3 +506,113 @@ def test_the_shared_hosts_file_is_read_only_inside(user_network, no_leaks):
                      "echo '10.0.0.1 evil' >> /etc/hosts; echo $?"])
     assert done.out.strip() != "0" and "evil" not in open(
         networks.get(user_network).hosts_file).read()
+
+
+# --- --network-rate: a token bucket on each end of the veth; traffic in the plot
+
+
+RECEIVE = """
+import socket, time
+s = socket.socket(); s.bind(('', 9000)); s.listen(); print('up', flush=True)
+c, _ = s.accept(); total, first, skip = 0, None, 0
+while True:
+    data = c.recv(65536)
+    if not data:
+        break
+    if first is None:
+        first, skip = time.monotonic(), len(data)
+    total += len(data)
+print(total, (total - skip) / (time.monotonic() - first))
+c.sendall(b'ok'); c.close()
+"""
+SEND = """
+import socket, sys, time
+for _ in range(200):
+    try:
+        c = socket.create_connection((sys.argv[1], 9000)); break
+    except OSError:
+        time.sleep(0.05)
+c.sendall(b'x' * int(sys.argv[2])); c.shutdown(socket.SHUT_WR)
+c.recv(16)   # the receiver has it all: this namespace may go now
+"""
+RATE, AMOUNT = 1_000_000, 3_000_000    # 8mbit = 1 MB/s; 3 MB take 3 s
+
+
+@pytest.mark.parametrize("limited", ["receiver", "sender"])
+def test_network_rate_holds_traffic_to_the_limit_both_ways(limited, no_leaks):
+    """A fixed amount sent between two containers, one of them limited (its way in, or its
+    way out): the payload rate is within 10 % of the limit (the limit counts frames, so
+    TCP/IP headers take ~4 % of it)."""
+    import io
+
+    from nsmagic.core import start
+    from nsmagic.runtime.follow import Follower
+    from nsmagic.spec import Spec
+    rate = ["--network-rate", "8mbit"]
+    out = io.BytesIO()
+    receiver = start(Spec.from_argv(["--network", "bridge", *rate * (limited == "receiver"),
+                                     "--", "python3", "-c", RECEIVE]), out=out, err=out)
+    try:
+        sent = run_spec(["--network", "bridge", *rate * (limited == "sender"), "--", "python3",
+                         "-c", SEND, receiver.network["ip"], str(AMOUNT)])
+        assert sent.result.exit_code == 0, sent
+        Follower(receiver, out, out).follow()
+        receiver.wait()
+    finally:
+        _stop(receiver)
+    lines = out.getvalue().decode().split()
+    assert lines[0] == "up" and int(lines[1]) == AMOUNT, lines
+    measured = float(lines[2])
+    assert abs(measured - RATE) / RATE < 0.10, f"{measured:.0f} B/s against {RATE}"
+
+
+def test_a_bridged_runs_traffic_is_sampled_and_summed(no_leaks):
+    """Received and sent bytes come from the host's end of the veth into every sample, the
+    live plot's series and the result."""
+    from nsmagic.core import run
+    from nsmagic.monitor import Series
+    from nsmagic.spec import Spec
+    samples = []
+    web = _serve("--network", "bridge")
+    try:
+        fetch = (FETCH + "\nimport time; time.sleep(0.6)").replace("print(", "len(")
+        spec = Spec.from_argv(["--network", "bridge", "--network-rate", "4mbit", "--",
+                               "python3", "-c", fetch,   # quietly, then a last sample or two
+                               f"http://{web.network['ip']}:8000/services"]
+                              ).replace(interval=0.1)
+        result = run(spec, out=io_sink(), err=io_sink(),
+                     on_sample=lambda usage, _run: samples.append(usage))
+    finally:
+        _stop(web)
+    assert result.exit_code == 0
+    services = os.path.getsize("/etc/services")
+    assert result.net_rx_bytes > services and 0 < result.net_tx_bytes < result.net_rx_bytes
+    assert samples[-1].net_rx_bytes > services
+    series = Series()
+    series.extend(samples)
+    assert series.net_seen and max(v for v in series.net_rx if v == v) > 0
+    from nsmagic.result import rows
+    network = next(row for row in rows(result) if row.label == "network")
+    assert "limit 4 Mbit/s each way" in network.value and result.address in network.value
+
+
+def io_sink():
+    import io
+    return io.StringIO()
+
+
+@pytest.mark.core
+def test_the_plot_has_a_network_panel_with_a_limit_or_once_there_is_traffic():
+    pytest.importorskip("matplotlib")
+    from nsmagic.cgroups import Usage
+    from nsmagic.display import Plot
+    from nsmagic.monitor import MiB, Series
+    limited = Plot(net_limit=MiB)
+    assert limited.ax_net is not None and limited.ax_net.get_ylim()[1] >= 1.0
+    plot, series = Plot(), Series(start=0.0)
+    for i in range(4):
+        series.add(Usage(time=float(i), net_rx_bytes=i * MiB, net_tx_bytes=i * MiB // 2))
+        plot.render(series)
+        assert (plot.ax_net is not None) == series.net_seen
+    assert series.net_rx[-1] == pytest.approx(1.0) and series.net_tx[-1] == pytest.approx(0.5)
+    assert plot.render(series, final=True).startswith(b"\x89PNG")
