@@ -59,8 +59,9 @@ def _seccomp_report() -> tuple[dict, bytes | None]:
     """The filter every run gets: what it refuses, what this libseccomp lacks, what it costs
     to compile (in the runner, once per option set) and, filled in by the probe, to load (in
     each run's PID 1). Its program too, for the probe to load."""
+    from . import kept
     from .inside.workload import KEEP_CAPABILITIES
-    from .security import filtercache, seccomp
+    from .security import seccomp
     try:
         program = seccomp.compile_filter(KEEP_CAPABILITIES)
         took = (seccomp.compile_cost(KEEP_CAPABILITIES)        # this process's compile, or one
@@ -70,7 +71,7 @@ def _seccomp_report() -> tuple[dict, bytes | None]:
                   "instructions": len(program) // seccomp.BPF_INSTRUCTION_SIZE,
                   "refused": refused, "by_argument": by_argument,
                   "unknown": seccomp.unknown_syscalls(), "compile_ms": took * 1e3,
-                  "kept_in": filtercache.directory()}
+                  "kept_in": kept.directory()}
     except NsmagicError as err:
         return {"filter": "unavailable", "error": str(err)}, None
     return report, program

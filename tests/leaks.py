@@ -9,6 +9,8 @@ import os
 import subprocess
 import time
 
+from nsmagic.inside.root import mounts_under
+
 
 def leftovers(owner: int | None = None, within: float = 5.0) -> list[str]:
     """What runs of `owner` (default: this process) left behind: cgroups (named
@@ -113,17 +115,6 @@ def _zombie(pid: str) -> bool:
 
 def processes_left(owner: int) -> list[str]:
     return [line for line in leftovers(owner, within=0) if line.startswith("process")]
-
-
-def mounts_under(path: str) -> list[str]:
-    """Mount points at or below `path` in this mount namespace."""
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")   # \040 is a space
-            if point == path or point.startswith(path.rstrip("/") + "/"):
-                points.append(point)
-    return points
 
 
 def unmount_under(path: str) -> bool:

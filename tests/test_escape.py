@@ -33,6 +33,7 @@ import pytest
 from conftest import REPO, leftovers, needs_root, run_spec
 
 from nsmagic.errors import NsmagicError
+from nsmagic.inside.root import mounts_under
 
 pytestmark = [needs_root, pytest.mark.usefixtures("no_leaks")]
 
@@ -75,6 +76,7 @@ API_AS_USER = r"""
 import io, json, sys
 from nsmagic.core import run
 from nsmagic.errors import NsmagicError
+from nsmagic.inside.root import mounts_under
 from nsmagic.spec import Spec
 request = json.load(sys.stdin)
 out, err = io.StringIO(), io.StringIO()
@@ -194,13 +196,6 @@ def ran_or_refused(got: Outcome) -> None:
 
 # --- scratch space on the host ------------------------------------------------------------
 
-def _mounts_under(path: str) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return sorted((p for p in points if p == path or p.startswith(path + "/")),
-                  key=len, reverse=True)
-
-
 @pytest.fixture
 def scratch():
     """A directory under /var/tmp (outside the /tmp that PID 1 covers), removed afterwards with
@@ -208,7 +203,7 @@ def scratch():
     where = tempfile.mkdtemp(prefix="esc-", dir="/var/tmp")
     os.chmod(where, 0o755)
     yield where
-    for point in _mounts_under(where):
+    for point in sorted(mounts_under(where), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], check=False)
     shutil.rmtree(where, ignore_errors=True)
 

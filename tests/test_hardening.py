@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO, needs_root, run_spec
 
 from nsmagic import config
+from nsmagic import kept as kept_files
 from nsmagic.errors import SetupError, SpecError
 from nsmagic.security import capabilities, filtercache, seccomp
 from nsmagic.spec import Spec
@@ -112,7 +113,7 @@ def kept(tmp_path, monkeypatch):
     """A private directory standing in for /run/nsmagic."""
     where = tmp_path / "nsmagic"
     where.mkdir(mode=0o700)
-    monkeypatch.setattr(filtercache, "directory", lambda: str(where))
+    monkeypatch.setattr(kept_files, "directory", lambda: str(where))
     return where
 
 
@@ -168,9 +169,9 @@ def test_a_kept_filter_that_is_not_to_be_trusted_is_not_used(kept, spoil):
 def test_no_filter_is_kept_without_a_private_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(filtercache.os, "geteuid", lambda: 12345)   # not root
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))            # not this user's
-    assert filtercache.directory() is None
+    assert kept_files.directory() is None
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert filtercache.directory() is None
+    assert kept_files.directory() is None
 
 
 # --- in a run ------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def test_unconfined_seccomp_loads_no_filter_and_says_so(capsys):
 @pytest.mark.usefixtures("no_leaks")
 def test_profile_shows_the_load_each_run_and_the_compile_once(monkeypatch):
     monkeypatch.setattr(seccomp, "_PROGRAMS", {})   # as in a process that compiled none yet,
-    monkeypatch.setattr(filtercache, "directory", lambda: None)   # on a host that kept none
+    monkeypatch.setattr(kept_files, "directory", lambda: None)   # on a host that kept none
     seccomp._program.cache_clear()
     first = run_spec(["--profile", "--", "true"]).result.profile
     second = run_spec(["--profile", "--", "true"]).result.profile
