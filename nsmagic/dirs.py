@@ -32,14 +32,10 @@ def store(*parts: str) -> str:
 
 
 def runtime(*parts: str) -> str:
-    """A private directory that goes at reboot: /run/nsmagic as root, else
-    $XDG_RUNTIME_DIR/nsmagic, else one under the store."""
-    if os.geteuid() == 0:
-        base = "/run/nsmagic"
-    elif os.environ.get("XDG_RUNTIME_DIR", "").startswith("/"):
-        base = os.path.join(os.environ["XDG_RUNTIME_DIR"], "nsmagic")
-    else:
-        base = os.path.join(store_root(), "run")
+    """A private directory that goes at reboot (kept.py's: /run/nsmagic as root, else
+    $XDG_RUNTIME_DIR/nsmagic), or one under the store where there is none."""
+    from . import kept
+    base = kept.directory() or os.path.join(store_root(), "run")
     path = os.path.join(base, *parts)
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path

@@ -353,14 +353,18 @@ class NetCounters:
 
     def __init__(self, veth: str):
         base = f"/sys/class/net/{veth}/statistics"
-        self.fds = [os.open(f"{base}/{name}_bytes", os.O_RDONLY | os.O_CLOEXEC)
-                    for name in ("tx", "rx")]
-        self.last = (0, 0)
+        self.fds, self.last = [], (0, 0)
+        try:
+            for name in ("tx", "rx"):
+                self.fds.append(os.open(f"{base}/{name}_bytes", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:   # a run over before its first sample: its veth went with it
+            self.close()
 
     def read(self) -> tuple[int, int]:
         """(received, sent) by the container; the last reading once the veth is gone."""
         try:
-            self.last = tuple(int(os.pread(fd, 32, 0)) for fd in self.fds)
+            if self.fds:
+                self.last = tuple(int(os.pread(fd, 32, 0)) for fd in self.fds)
         except (OSError, ValueError):
             pass
         return self.last
