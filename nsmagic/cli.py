@@ -27,12 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         if command not in COMMANDS:
-            raise SpecError(f"{command!r} is not an nsmagic command; use "
-                            f"{', '.join('`nsmagic ' + c + '`' for c in COMMANDS)}.")
+            raise SpecError(f"{command!r} is not an nsmagic command; `nsmagic help` lists "
+                            "them.")
         return COMMANDS[command](rest)
     except NsmagicError as err:
         print(f"nsmagic: {err}", file=sys.stderr)
         return EXIT_SETUP
+    except BrokenPipeError:   # `nsmagic inspect web | head`: the reader has all it wanted
+        return 0
 
 
 def entry() -> None:
@@ -56,6 +58,8 @@ def run(argv: list[str]) -> int:
     from .spec import Spec, build_parser
     args = build_parser(prog="nsmagic run", face="cli").parse_args(argv)
     spec = Spec.from_args(args)
+    if args.detach:
+        return _detached(spec, argv, args)
     if spec.is_python_cell:   # no command: Python, with the script from stdin
         spec = spec.replace(script=sys.stdin.read())
     from . import core
@@ -82,6 +86,23 @@ def run(argv: list[str]) -> int:
     return result.exit_code if result.exit_code is not None else EXIT_SETUP
 
 
+DETACH_FLAGS = ("-d", "--detach", "--rm", "--rm-on-exit", "--json")
+
+
+def _detached(spec, argv: list[str], args) -> int:
+    """`run -d`: the container under a monitor of its own; its name is printed."""
+    if spec.is_python_cell:
+        raise SpecError("-d runs a COMMAND in the background (its stdin is empty); give one "
+                        "after --, e.g. nsmagic run -d -- python3 -m http.server.")
+    from .containers import monitor
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [w for w in argv[:end] if w not in DETACH_FLAGS] + argv[end:]
+    record = monitor.detach(spec, kept, auto_remove=args.rm,
+                            watch=os.getppid() if args.rm_on_exit else None)
+    print(record["name"])
+    return 0
+
+
 def info(argv: list[str]) -> int:
     parser = _parser("nsmagic info", "what this machine can do")
     parser.add_argument("--json", action="store_true", help="print it as JSON")
@@ -97,9 +118,12 @@ def info(argv: list[str]) -> int:
 
 
 def ps(argv: list[str]) -> int:
-    _parser("nsmagic ps", "every running nsmagic container on this machine").parse_args(argv)
+    parser = _parser("nsmagic ps", "every running nsmagic container on this machine")
+    parser.add_argument("-a", "--all", action="store_true",
+                        help="exited ones too (detached containers kept in the store)")
+    args = parser.parse_args(argv)
     from .ps import table
-    print(table())
+    print(table(all_containers=args.all))
     return 0
 
 
@@ -113,25 +137,43 @@ def network(argv: list[str]) -> int:
     return network(argv)
 
 
-COMMANDS = {"run": run, "info": info, "ps": ps, "network": network}
+def _containers() -> dict:
+    """Docker's container commands (containers/commands.py), imported when one is used."""
+    def command(name):
+        def go(argv):
+            from .containers import commands
+            return commands.COMMANDS[name](argv)
+        return go
+    return {name: command(name) for name in ("logs", "exec", "top", "stop", "kill", "start",
+                                             "restart", "rm", "inspect", "wait", "stats")}
 
-USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
+
+COMMANDS = {"run": run, "info": info, "ps": ps, "network": network, **_containers()}
+
+USAGE = """usage: nsmagic run [options] [--json] [-d [--rm] [--rm-on-exit]] -- COMMAND [ARG...]
+       nsmagic ps [-a] | logs [-f] [--tail N] NAME | exec [-i] [-t] NAME COMMAND...
+       nsmagic stop [-t S] | kill [-s SIG] | start | restart | rm [-f] | wait NAME...
+       nsmagic top NAME | inspect NAME... | stats [--no-stream] [NAME...]
+       nsmagic network create [--subnet CIDR] NAME | ls | rm NAME | inspect NAME | prune
        nsmagic info [--json]
-       nsmagic ps
-       nsmagic network create|ls|rm|inspect|prune ...
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.
         --json prints the result as one JSON object on the last line of stdout.
+        -d: in the background under a monitor process (nsmagic-monitor), which keeps
+        its log and records its exit; prints its name. --rm forgets it once it exits;
+        --rm-on-exit also stops it when the process that started it exits.
+ps      running containers on this machine (any notebook's or shell's); -a: and the
+        exited ones kept in the store. stats: their CPU, memory, network I/O, pids.
+exec    a command in a running container: every namespace, its cgroup, its root,
+        its capabilities and seccomp filter (-t: a terminal, -i: stdin).
+network user-defined bridge networks, whose containers find each other by name.
 info    what this machine can do: kernel, cgroup layout, namespaces, overlayfs,
-        the seccomp filter.
-ps      every running nsmagic container on this machine (any notebook's or shell's).
-network create [--subnet CIDR] NAME | ls | rm NAME | inspect NAME | prune
-        user-defined bridge networks, whose containers find each other by name.
+        the seccomp filter, networking.
 
 options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N
         --device-{read,write}-{bps,iops} DEV:RATE --blkio-weight N --hostname NAME
-        --network none|host|bridge|NAME|container:NAME -p [IP:]HOST:CONTAINER[/udp]
+        --network none|host|bridge|NAME|container:NAME|pasta -p [IP:]HOST:CONTAINER[/udp]
         --network-rate RATE --rootfs DIR -v SRC:DST[:ro] -e K=V -w DIR --read-only
         --user UID[:GID] --timeout SECONDS --name NAME --strict --profile
         --security-opt seccomp=unconfined (Docker's seccomp profile is loaded otherwise)

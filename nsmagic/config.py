@@ -147,6 +147,45 @@ class BootConfig:
     run: RunConfig | None = None
 
 
+@dataclass(frozen=True)
+class ExecConfig:
+    """`exec`: a process to start inside a running container (inside/enter.py). Its
+    namespaces come as fds with it, in the order of `namespaces`; it joins the container's
+    cgroup through `cgroup_files` (opened before it enters the container's mount namespace),
+    then starts as the container's workload did (workload.run): same capabilities, ids,
+    no_new_privs and seccomp filter."""
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    workdir: str
+    user: tuple[int, int] | None
+    namespaces: tuple[str, ...]            # "user", "ipc", ..., "mnt": the fds' order
+    cgroup_files: tuple[str, ...]          # the container's cgroup.procs, each hierarchy's
+    tty: bool = False                      # its stdio is a terminal: made its controlling one
+    seccomp: bytes | None = None
+    python_cell: bool = False
+    custom_root: bool = False
+    unconfined: bool = False
+
+    def __post_init__(self):
+        if not self.argv or not self.argv[0]:
+            raise SetupError("exec needs a command to start.")
+        _absolute("working directory", self.workdir)
+        for name in self.namespaces:
+            if name not in NAMESPACES:
+                raise SetupError(f"exec was sent an unknown namespace {name!r}.")
+        for path in self.cgroup_files:
+            _absolute("cgroup file", path)
+        for text in (*self.argv, *(k + v for k, v in self.env)):
+            if "\0" in text:
+                raise SetupError("an argument or environment value holds a NUL byte; "
+                                 "remove it.")
+
+
+# Joined in this order: the user namespace first (it grants the rights to join the others),
+# the mount namespace last (it changes the root every later path would be resolved in).
+NAMESPACES = ("user", "ipc", "uts", "net", "pid", "cgroup", "mnt")
+
+
 def _absolute(what: str, path: str) -> None:
     if not path.startswith("/") or "\0" in path:
         raise SetupError(f"the {what} {path!r} is not an absolute path.")
@@ -261,5 +300,6 @@ def receive(sock, cls, max_fds: int = 0):
         raise
 
 
-__all__ = ["Bind", "BootConfig", "CgroupMount", "Dir", "Layer", "Link", "RootPlan",
+__all__ = ["Bind", "BootConfig", "CgroupMount", "Dir", "ExecConfig", "Layer", "Link",
+           "NAMESPACES", "RootPlan",
            "RunConfig", "decode", "encode", "receive", "send"]

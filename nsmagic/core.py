@@ -18,7 +18,7 @@ from .runtime.launcher import Run
 from .runtime.teardown import Teardown, settle
 from .spec import Spec
 
-__all__ = ["Interrupted", "Result", "Run", "run", "settle", "start"]
+__all__ = ["Interrupted", "Result", "Run", "run", "run_in", "settle", "start"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -41,7 +41,25 @@ def run(spec: Spec, out=None, err=None,
     raises Interrupted with the result."""
     out_buf = io.StringIO() if spec.out_var else None
     err_buf = io.StringIO() if spec.err_var else None
-    container = Run(spec, out_buf or out, err_buf or err)
+    return _complete(Run(spec, out_buf or out, err_buf or err), spec, out, err, out_buf,
+                     err_buf, on_sample)
+
+
+def run_in(record: dict, spec: Spec, out=None, err=None,
+           on_sample: Callable[[Usage, Run], None] | None = None) -> Result:
+    """The cell (or spec's command, the cell its script) in the running detached container
+    of `record` (containers/records.py): an exec, followed and summed up like a run, its
+    plot the container's whole cgroup."""
+    from .containers.exec import Exec, python_in
+    out_buf = io.StringIO() if spec.out_var else None
+    err_buf = io.StringIO() if spec.err_var else None
+    command = list(spec.command) or python_in(record)
+    container = Exec(record, command, out_buf or out, err_buf or err, script=spec.script,
+                     interval=spec.sample_interval, python_cell=not spec.command)
+    return _complete(container, spec, out, err, out_buf, err_buf, on_sample)
+
+
+def _complete(container: Run, spec: Spec, out, err, out_buf, err_buf, on_sample) -> Result:
     follower = None
     try:
         container.start()

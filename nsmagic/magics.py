@@ -3,6 +3,8 @@ core.run, show. All logic lives in spec, core and the runtime, shared with the C
 
 from __future__ import annotations
 
+import functools
+import os
 import subprocess
 import sys
 import time
@@ -60,6 +62,11 @@ class ContainerMagics(Magics):
         help="where this host cannot run a container (no namespaces: Binder, a locked pod): "
              "raise (the cell fails), or explain (print why in one sentence and go on)"
     ).tag(config=True)
+    detached_outlive_kernel = Bool(
+        False, help="%container run -d: keep detached containers when the kernel exits (as "
+                    "Docker's outlive their client); by default they are stopped and removed "
+                    "with it (--rm-on-exit), so a restarted notebook finds its names free and "
+                    "its ports unpublished").tag(config=True)
     _host_info = None   # probed once per kernel, and only when `explain` needs it
 
     @line_cell_magic
@@ -73,8 +80,8 @@ class ContainerMagics(Magics):
                 return self._explain(reason, spec)
         view = self._live_view(spec) if spec.plot and _in_kernel() else None
         try:
-            result = core.run(spec, out=sys.stdout, err=sys.stderr,
-                              on_sample=view.update if view else None)
+            result = self._runner(spec)(spec, out=sys.stdout, err=sys.stderr,
+                                        on_sample=view.update if view else None)
         except core.Interrupted as stop:
             self._keep(stop.result, spec)
             if view:
@@ -93,6 +100,21 @@ class ContainerMagics(Magics):
             print(result.profile_table())
         if result.exit_code != 0 and spec.raise_error:
             raise ContainerError(result, cell)
+
+    @staticmethod
+    def _runner(spec: Spec):
+        """core.run; or, where --name names a running detached container, core.run_in:
+        the cell runs inside it (an exec), so a later cell talks to an earlier one's
+        server."""
+        if spec.name:
+            from .containers import records
+            try:
+                record = records.load(spec.name)
+            except records.NoSuchContainer:
+                return core.run
+            if records.status(record) == "running":
+                return functools.partial(core.run_in, record)
+        return core.run
 
     def _spec(self, line: str, cell: str) -> Spec:
         """The cell's options; what it does not say comes from %config."""
@@ -142,14 +164,32 @@ class ContainerMagics(Magics):
             from .info import gather, report
             print(report(gather()))
             return
-        if words[0] == "ps":
-            from .ps import table
-            print(table())
-            return
-        if words[0] == "stats":
+        if words[0] == "stats" and "--no-stream" not in words:
             return self._stats(words[1:])
-        raise UsageError(f"%container {words[0]!r} is not a subcommand; use: %container info, "
-                         "ps or stats, or %%container [options] as a cell magic.")
+        if words[0] in DOCKER_COMMANDS:
+            return self._docker(line)
+        raise UsageError(f"%container {words[0]!r} is not a subcommand; use %container info, "
+                         f"{', '.join(DOCKER_COMMANDS)}, or %%container [options] as a cell "
+                         "magic.")
+
+    def _docker(self, line: str) -> None:
+        """Docker's commands, as the CLI has them. `run -d` is a CLI of its own (its
+        monitor must not be a fork of this kernel), tied to the kernel unless
+        detached_outlive_kernel."""
+        import shlex
+        words = shlex.split(line)
+        if words[0] != "run":
+            from .cli import main
+            main(words)
+            return
+        if "-d" not in words and "--detach" not in words:
+            raise UsageError("%container run takes -d (a container in the background); for "
+                             "a cell in a container, use %%container.")
+        keep = [] if self.detached_outlive_kernel else ["--rm-on-exit"]
+        done = subprocess.run([sys.executable, "-c", CLI, PACKAGE_PARENT, "run", *keep,
+                               *words[1:]], capture_output=True, text=True)
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr)
 
     def _stats(self, words):
         """A live plot per running container (any runner's) until interrupted, or for
@@ -180,11 +220,21 @@ class ContainerMagics(Magics):
             print("no nsmagic container is running on this machine.")
 
 
+DOCKER_COMMANDS = ("ps", "run", "logs", "exec", "top", "stop", "kill", "start", "restart", "rm",
+                   "inspect", "wait", "stats", "network")
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = "import sys; sys.path.insert(0, sys.argv.pop(1)); from nsmagic.cli import entry; entry()"
+
 HELP = build_parser(_MagicParser).format_help() + """
 Line magic:
   %container info     what this machine can do (kernel, cgroups, namespaces, overlayfs)
   %container ps       every running nsmagic container on this machine, like `docker ps`
   %container stats    a live plot for each of them until interrupted (--seconds N to stop)
+  %container run -d [options] -- COMMAND    a container in the background (its name printed);
+                      stopped with the kernel unless ContainerMagics.detached_outlive_kernel
+  %container logs|exec|top|stop|kill|start|restart|rm|inspect|wait NAME ...   as Docker's
+  %container network create|ls|rm|inspect NAME   user-defined bridge networks
+  %%container --name NAME   with a running detached container NAME: the cell runs in it
 
 The last run's result is `_container` (exit_code, oom_killed, memory_peak, cpu_s, ...).
 """

@@ -1,5 +1,6 @@
 """`docker ps` and `docker stats` for nsmagic: every run's cgroup on this machine (any
-runner's: this kernel, another notebook, a shell), found by its `nsmagic-` name."""
+runner's: this kernel, another notebook, a shell), found by its `nsmagic-` name, with what
+the container store (detached containers) and the network leases (names, ports) add."""
 
 from __future__ import annotations
 
@@ -57,19 +58,139 @@ def age(cg: Cgroup) -> float:
         return 0.0
 
 
-def table(groups: list[Cgroup] | None = None) -> str:
+def table(groups: list[Cgroup] | None = None, all_containers: bool = False) -> str:
+    """`docker ps`: every running container (a detached one's record, or a cell's or a
+    CLI run's group: its STATUS names its runner), and with `all_containers` the exited
+    ones kept in the store."""
+    from .containers import records
     groups = running() if groups is None else groups
-    if not groups:
-        return "no nsmagic container is running on this machine."
-    lines = [f"{'ID':<14} {'OWNER':>7} {'UP':>7} {'PIDS':>5} {'CPU s':>7} {'MEMORY':>22}"]
+    kept = {r.get("cgroup"): r for r in records.all_records()}
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
     for cg in groups:
-        u, lim = cg.usage(), cg.limits
-        memory = format_size(u.working_set) + (f" / {format_size(lim.memory)}"
-                                               if lim.memory else "")
-        lines.append(f"{cg.name.split('-')[-1]:<14} {owner(cg) or '?':>7} {age(cg):6.1f}s "
-                     f"{u.pids_current:>5} {u.cpu_usec / 1e6:7.2f} {memory:>22}")
+        record = kept.pop(cg.name, None)
+        rows.append(_record_row(record) if record else _group_row(cg))
         cg.close()
-    return "\n".join(lines)
+    if all_containers:
+        rows += [_record_row(r) for r in kept.values() if r.get("cgroup") is not None
+                 or r.get("state") != "running"]
+    if len(rows) == 1:
+        return "no nsmagic container is running on this machine."
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def _record_row(r: dict) -> tuple[str, ...]:
+    from .containers import records
+    state = records.status(r)
+    if state == "running":
+        status = f"Up {_ago(time.time() - (r.get('started_at') or r['created']), False)}"
+    else:
+        when = r.get("finished_at")
+        status = f"Exited ({r.get('exit_code') if r.get('exit_code') is not None else '?'})" \
+                 + (f" {_ago(time.time() - when)}" if when else "")
+    return (r["id"][:12], r.get("image") or "host", _command(r.get("command") or []),
+            _ago(time.time() - r["created"]), status, ", ".join(r.get("ports") or []),
+            r["name"])
+
+
+def _group_row(cg: Cgroup) -> tuple[str, ...]:
+    """A run no record names (a cell, a CLI run): what its group and leases tell."""
+    run_id = cg.name.split("-")[-1]
+    lease = _lease_of(run_id)
+    from .net.ports import Port
+    ports = ", ".join(str(Port(*p)) for p in (lease or {}).get("ports", ()))
+    up = _ago(age(cg), False)
+    return (run_id, "host", _command(_workload_argv(cg)), _ago(age(cg)),
+            f"Up {up} (runner {owner(cg) or '?'})", ports,
+            (lease or {}).get("name") or f"nsmagic-{run_id}")
+
+
+def _workload_argv(cg: Cgroup) -> list[str]:
+    for pid in sorted(cg.pids()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = [w.decode(errors="replace") for w in f.read().split(b"\0") if w]
+        except OSError:
+            continue
+        if words and words[0] != "nsmagic-init":
+            return words
+    return []
+
+
+def _lease_of(run_id: str) -> dict | None:
+    """A bridged run's lease (its name and published ports), if it has one."""
+    import glob
+    import json
+
+    from . import dirs
+    for path in glob.glob(os.path.join(dirs.store_root(), "networks", "*", "leases.json")):
+        try:
+            with open(path) as f:
+                for holder in json.load(f).get("leases", {}).values():
+                    if holder.get("id") == run_id:
+                        return holder
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _command(argv: list[str]) -> str:
+    text = " ".join(argv)
+    return '"' + (text if len(text) <= 22 else text[:21] + "…") + '"'
+
+
+def _ago(seconds: float, suffix: bool = True) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            text = f"{seconds // size} {unit}"
+            break
+    else:
+        text = f"{seconds} seconds"
+    return f"{text} ago" if suffix else text
+
+
+def stats_table(names: list[str] | None = None, pause: float = 0.5) -> str:
+    """`docker stats --no-stream`: CPU % over `pause` seconds, memory, network I/O, pids."""
+    groups = running()
+    first = {cg.name: cg.usage() for cg in groups}
+    time.sleep(pause)
+    rows = [("CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "NET I/O", "PIDS",
+             "RUNNER")]
+    for cg in groups:
+        u, run_id = cg.usage(), cg.name.split("-")[-1]
+        name = (_lease_of(run_id) or {}).get("name") or _record_name(cg) or f"nsmagic-{run_id}"
+        if names and name not in names and run_id not in names:
+            cg.close()
+            continue
+        cpu = (u.cpu_usec - first[cg.name].cpu_usec) / (u.time - first[cg.name].time) / 1e4
+        limit = cg.limits.memory
+        memory = format_size(u.working_set) + (f" / {format_size(limit)}" if limit else "")
+        rx, tx = _net_bytes(run_id)
+        rows.append((run_id, name, f"{cpu:.2f}%", memory,
+                     f"{format_size(rx)} / {format_size(tx)}" if rx is not None else "-",
+                     str(u.pids_current), str(owner(cg) or "?")))
+        cg.close()
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def _record_name(cg: Cgroup) -> str | None:
+    from .containers import records
+    return next((r["name"] for r in records.all_records() if r.get("cgroup") == cg.name),
+                None)
+
+
+def _net_bytes(run_id: str) -> tuple[int | None, int | None]:
+    """Received and sent by a bridged run, from the host's end of its veth (nsm<run id>)."""
+    base = f"/sys/class/net/nsm{run_id[:12]}/statistics"
+    try:
+        with open(f"{base}/tx_bytes") as rx, open(f"{base}/rx_bytes") as tx:
+            return int(rx.read()), int(tx.read())
+    except (OSError, ValueError):
+        return None, None
 
 
 def watch(interval: float = 0.5, on_sample=None, until=None) -> None:

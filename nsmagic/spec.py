@@ -571,6 +571,13 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     if face == "cli":
         p.add_argument("--json", action="store_true",
                        help="print the result as one JSON object on the last line of stdout")
+        p.add_argument("-d", "--detach", action="store_true",
+                       help="run in the background under a monitor process; print its name")
+        p.add_argument("--rm", action="store_true",
+                       help="with -d: forget the container once it exits")
+        p.add_argument("--rm-on-exit", action="store_true",
+                       help="with -d: stop and forget it when the process that started it "
+                            "(a shell, a notebook's kernel) exits")
     if face == "cell":
         p.add_argument("--out", metavar="VAR", help="store stdout in this variable")
         p.add_argument("--err", metavar="VAR", help="store stderr in this variable")

@@ -95,9 +95,12 @@ def test_ps_lists_running_containers_of_any_runner():
                               "sh", "-c", "echo up; sleep 30"], cwd=REPO, stdout=subprocess.PIPE)
     try:
         assert other.stdout.readline() == b"up\n"
-        listing = nsmagic("ps").stdout
-        row = next(line for line in listing.splitlines() if str(other.pid) in line)
-        assert "/ 48.0 MiB" in row, listing
+        listing = nsmagic("ps").stdout   # Docker's columns; its runner named in STATUS
+        row = next(line for line in listing.splitlines() if f"(runner {other.pid})" in line)
+        assert '"sh -c echo up; sleep' in row, listing
+        stats = nsmagic("stats", "--no-stream").stdout   # the memory is stats' to show
+        row = next(line for line in stats.splitlines() if line.endswith(f" {other.pid}"))
+        assert "/ 48.0 MiB" in row, stats
     finally:
         other.kill()
         other.wait()

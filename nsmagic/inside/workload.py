@@ -32,6 +32,8 @@ KEEP_CAPABILITIES = capabilities.DOCKER_DEFAULT - {"CAP_MKNOD"}
 _KEEP = capabilities.mask(KEEP_CAPABILITIES)
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE)
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN,
+                    signal.SIGTTOU)
 EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 126, 127
 
 
@@ -45,8 +47,11 @@ def run(cfg: RunConfig, status, go: socket.socket | None = None) -> None:
     except OSError as err:
         _exec_failed(cfg, err, status)
     forward_to: list[int] = []
-    for sig in FORWARDED:
+    for sig in _forwarded(cfg):
         signal.signal(sig, lambda s, _f: [_kill_group(p, s) for p in forward_to])
+    if getattr(cfg, "tty", False):   # the terminal's signals are the workload's, not ours
+        for sig in TERMINAL_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
     # Held until the workload's pid is known: a signal sent as soon as the workload writes
     # (SIGPIPE for a closed reader, Ctrl-C) would otherwise find nobody to forward to.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
@@ -123,12 +128,24 @@ def _spawn(cfg: RunConfig, path: str, env: dict, status) -> int:
     """Only fds 0, 1 and 2 reach the workload."""
     extra = [int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2]
     try:
-        return os.posix_spawn(path, list(cfg.argv), env, setsid=True, setsigmask=(),
-                              setsigdef=FORWARDED + (signal.SIGXFSZ,),
+        # On a terminal (exec -t) it stays in this session, whose controlling terminal it
+        # is, and in the foreground group the terminal signals; else a session of its own.
+        tty = getattr(cfg, "tty", False)
+        return os.posix_spawn(path, list(cfg.argv), env, setsid=not tty, setsigmask=(),
+                              setsigdef=FORWARDED + TERMINAL_SIGNALS + (signal.SIGXFSZ,),
                               file_actions=[(os.POSIX_SPAWN_CLOSE, fd) for fd in extra
                                             if _is_open(fd)])
     except OSError as err:
         _exec_failed(cfg, err, status)
+
+
+def _forwarded(cfg) -> tuple:
+    """On a terminal, the terminal itself sends Ctrl-C, Ctrl-\\ and a resize to the
+    workload's group: forwarding them too would deliver each twice."""
+    if getattr(cfg, "tty", False):
+        return tuple(s for s in FORWARDED if s not in (signal.SIGINT, signal.SIGQUIT,
+                                                       signal.SIGWINCH))
+    return FORWARDED
 
 
 def _wait_for_go(go: socket.socket, pid: int, status) -> None:

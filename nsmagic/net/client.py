@@ -175,7 +175,8 @@ def _start(runtime: str) -> None:
     try:
         helper = subprocess.Popen([sys.executable, "-c", CODE, str(ready_w), parent],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=log, pass_fds=(ready_w,), start_new_session=True)
+                                  stderr=log, pass_fds=(ready_w,), start_new_session=True,
+                                  env=dict(os.environ))   # (a set_title wiped environ's C copy)
     except OSError as err:
         raise SetupError(f"can't start the network helper {sys.executable}: "
                          f"{err.strerror.lower()}") from err

@@ -40,6 +40,7 @@ class Published:
 def backend() -> str | None:
     """nft, iptables, or None where the host has neither."""
     chosen = os.environ.get("NSMAGIC_NAT")
+    os.environ.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     if chosen in ("nft", "iptables"):
         return chosen
     nft, iptables = shutil.which("nft"), shutil.which("iptables")
