@@ -49,7 +49,7 @@ def gather() -> dict:
     info = {"kernel": platform.release(), "python": sys.executable, **probed,
             "cgroup_layout": layout.kind, "cgroup": _cgroup_report(layout),
             "devices": _devices_report(layout), "io_weight": _io_weight_report(layout),
-            "seccomp": seccomp}
+            "seccomp": seccomp, "network": _network_report()}
     info["mode"], info["missing"] = _mode(info)
     info["hidden"] = list(secrets.scan()) if info["root"] else []
     return info
@@ -95,6 +95,46 @@ def _seccomp_lines(sc: dict) -> list[str]:
         lines.append(f"  unknown to libseccomp {sc['libseccomp']}, so refused: "
                      + " ".join(sc["unknown"]))
     return lines
+
+
+def _network_report() -> dict:
+    """Which --network modes this host allows, and with what (no netlink: files and PATH)."""
+    import shutil
+
+    from .net import nat, networks
+    root = os.geteuid() == 0
+    backend = nat.backend()
+    bridge = ("yes" if root and backend else "no: needs root" if not root
+              else "no: neither nft nor iptables is installed (apt-get install nftables)")
+    default = networks.get("bridge") if root else None
+    return {"default": "none", "bridge": bridge, "nat": backend,
+            "subnet": default.subnet if default else None,
+            "pasta": shutil.which("pasta"), "slirp4netns": shutil.which("slirp4netns"),
+            "ip_forward": _read("/proc/sys/net/ipv4/ip_forward"),
+            "rootless": "pasta" if shutil.which("pasta") else None}
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _network_lines(net: dict) -> list[str]:
+    if not net:
+        return []
+    pasta = net.get("pasta")
+    return [
+        "Networks:          none (the default: only lo), host, bridge, user-defined "
+        "(nsmagic network create), container:NAME, pasta",
+        f"  bridge           {net['bridge']}"
+        + (f" (nsmagic0 on {net['subnet']}, NAT through {net['nat']}; pyroute2 in the "
+           "nsmagic-netd helper only)" if net["bridge"] == "yes" else ""),
+        f"  pasta (rootless) {'yes: ' + pasta if pasta else 'no: apt-get install passt'}"
+        + (f"; slirp4netns {net['slirp4netns']}" if net.get("slirp4netns") else ""),
+    ]
 
 
 def _cgroup_report(layout) -> dict:
@@ -245,6 +285,7 @@ def report(info: dict) -> str:
     lines.append(f"Overlayfs:         {ok(info.get('overlay'))}")
     lines.append(f"Overlayfs in a user namespace: {ok(info.get('overlay_in_user_ns'))}")
     lines += _seccomp_lines(info["seccomp"])
+    lines += _network_lines(info.get("network") or {})
     lines.append(f"Python for cells:  {info['python']}")
     lines.append("Root file system:  the host's /usr, /etc, /opt under a fresh upper layer; "
                  "volumes nosuid, nodev")

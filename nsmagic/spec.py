@@ -418,15 +418,21 @@ def _check_network(spec: Spec):
             raise SpecError(f"--network {spec.network!r} is not known; use none, host, "
                             "bridge, pasta, container:NAME or a network from `nsmagic network "
                             f"ls` (`nsmagic network create {mode.name}` makes one).")
+    if mode.bridged and os.geteuid() != 0:
+        raise SpecError(f"--network {spec.network} needs root (a bridge and NAT rules of the "
+                        "host); without root use --network pasta.")
+    if mode.kind == "pasta":
+        from .net import rootless
+        rootless.check(spec.publish)
     if spec.unconfined and mode.kind not in ("none", "host"):
         raise SpecError(f"--unconfined runs in the host's network, not on --network "
                         f"{spec.network}; drop one of them.")
     if spec.publish and mode.kind not in ("bridge", "pasta"):
         raise SpecError(f"-p publishes a port of a container on a bridge, and --network "
                         f"{spec.network} has none; add --network bridge.")
-    if spec.network_rate and mode.kind not in ("bridge", "pasta"):
+    if spec.network_rate and mode.kind != "bridge":
         raise SpecError(f"--network-rate limits a container's veth, and --network "
-                        f"{spec.network} has none; add --network bridge.")
+                        f"{spec.network} has none; use --network bridge (as root).")
     seen = set()
     for port in spec.publish:
         key = (port.host_ip, port.host_port, port.protocol)

@@ -15,6 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from leaks import leftovers, processes_left  # noqa: E402 - tests import them from here too
+from outside import outside_world  # noqa: E402,F401 - a fixture: the world behind the host
 
 from nsmagic.core import run  # noqa: E402
 from nsmagic.spec import Spec  # noqa: E402

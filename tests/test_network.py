@@ -17,13 +17,12 @@ import time
 import pytest
 from conftest import REPO, needs_root, run_spec
 from leaks import network_leftovers
+from outside import OUTSIDE_HOST, OUTSIDE_PEER
 
 from nsmagic.core import settle
 from nsmagic.net import ipam, networks
 
 pytestmark = [pytest.mark.kernel, needs_root]
-OUTSIDE = "nsmagic-test-out"          # a namespace standing for the world behind the host
-OUTSIDE_HOST, OUTSIDE_PEER = "198.51.100.1", "198.51.100.2"   # TEST-NET-2
 
 
 def sh(options: str, script: str):
@@ -67,47 +66,17 @@ def test_two_bridged_containers_reach_each_other_and_the_gateway(no_leaks):
         web.close()
 
 
-@pytest.fixture
-def outside():
-    """A network namespace behind the host (its own veth to the host, 198.51.100.0/24), with
-    a TCP server that answers each connection with the address it came from."""
-    steps = [["ip", "netns", "add", OUTSIDE],
-             ["ip", "link", "add", "nsmtout0", "type", "veth", "peer", "name", "eth0",
-              "netns", OUTSIDE],
-             ["ip", "addr", "add", f"{OUTSIDE_HOST}/24", "dev", "nsmtout0"],
-             ["ip", "link", "set", "nsmtout0", "up"],
-             ["ip", "-n", OUTSIDE, "addr", "add", f"{OUTSIDE_PEER}/24", "dev", "eth0"],
-             ["ip", "-n", OUTSIDE, "link", "set", "eth0", "up"]]
-    server = None
-    try:
-        for argv in steps:
-            subprocess.run(argv, check=True, capture_output=True)
-        code = ("import socket\ns = socket.socket(); s.bind(('0.0.0.0', 9000)); s.listen()\n"
-                "print('up', flush=True)\nwhile True:\n    c, a = s.accept()\n"
-                "    c.sendall(a[0].encode()); c.close()")
-        server = subprocess.Popen(["ip", "netns", "exec", OUTSIDE, "/usr/bin/python3", "-c",
-                                   code], stdout=subprocess.PIPE, text=True)
-        assert server.stdout.readline() == "up\n"
-        yield OUTSIDE_PEER
-    finally:
-        if server:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "link", "del", "nsmtout0"], capture_output=True)
-        subprocess.run(["ip", "netns", "del", OUTSIDE], capture_output=True)
-
-
-def test_outbound_traffic_leaves_as_the_host(outside, no_leaks):
+def test_outbound_traffic_leaves_as_the_host(outside_world, no_leaks):
     """Masquerade: the outside sees the host's address, never the container's (it has no
     route back to the container's subnet)."""
     client = ("import socket; s = socket.create_connection(('%s', 9000), timeout=5); "
-              "print(s.recv(64).decode())" % outside)
+              "print(s.recv(64).decode())" % outside_world)
     done = run_spec(["--network", "bridge", "--", "python3", "-c", client])
     assert done.result.exit_code == 0, done
     assert done.out.strip() == OUTSIDE_HOST
 
 
-def test_none_reaches_nothing_not_even_the_hosts_loopback(outside, no_leaks):
+def test_none_reaches_nothing_not_even_the_hosts_loopback(outside_world, no_leaks):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()

@@ -77,3 +77,57 @@ def test_info_as_a_user_says_what_is_missing_and_leaves_no_probe_behind(package)
     assert "Running as root:   no" in done.stdout
     assert "rootless" in done.stdout
     assert set(glob.glob("/tmp/nsmagic-probe-*")) == before   # overlay's work/work is 000
+
+
+# --- networking without root: pasta (passt)
+
+REACH = ("import socket, sys; s = socket.create_connection((sys.argv[1], 9000), timeout=5); "
+         "print(s.recv(64).decode())")
+
+
+def test_a_rootless_container_reaches_what_the_host_reaches(package, outside_world):
+    """Through pasta: the test's "outside" namespace, behind the host, sees the host's
+    address (pasta's sockets are the user's on the host)."""
+    from outside import OUTSIDE_HOST, OUTSIDE_PEER
+    done = as_user(package, "run", "--network", "pasta", "--", "python3", "-c", REACH,
+                   OUTSIDE_PEER)
+    assert done.returncode == 0, done
+    assert done.stdout.strip() == OUTSIDE_HOST
+    cut_off = as_user(package, "run", "--", "python3", "-c", REACH, OUTSIDE_PEER)
+    assert cut_off.returncode != 0   # --network none, still nothing
+
+
+def test_a_rootless_container_publishes_a_port(package):
+    import socket
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    serve = ("import socket; s = socket.socket(); s.bind(('', 8000)); s.listen(); "
+             "print('up', flush=True); c, _ = s.accept(); c.sendall(b'from inside'); c.close()")
+    server = subprocess.Popen(["/usr/bin/python3", "-m", "nsmagic", "run", "--network", "pasta",
+                               "-p", f"{port}:8000", "--", "python3", "-c", serve],
+                              stdout=subprocess.PIPE, text=True, user=NOBODY, group=NOBODY,
+                              extra_groups=[], cwd="/",
+                              env={"PYTHONPATH": package, "PATH": "/usr/bin:/bin",
+                                   "HOME": "/"})
+    try:
+        assert server.stdout.readline() == "up\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            assert conn.recv(64) == b"from inside"
+        assert server.wait(timeout=20) == 0
+    finally:
+        server.kill()
+        server.wait()
+    with pytest.raises(OSError):        # pasta went with the container
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def test_rootless_network_errors_are_one_sentence(package):
+    bridge = as_user(package, "run", "--network", "bridge", "--", "true")
+    assert bridge.returncode == 125 and bridge.stderr.strip() == (
+        "nsmagic: --network bridge needs root (a bridge and NAT rules of the host); without "
+        "root use --network pasta.")
+    info = as_user(package, "info")
+    assert "pasta (rootless) yes" in info.stdout and "bridge           no: needs root" in \
+        info.stdout

@@ -13,7 +13,7 @@ import time
 
 from .. import cgroups, config
 from ..errors import CgroupError, NsmagicError, SetupError
-from ..inside.init import NETWORK_SET_UP_BY_RUNNER
+from ..inside.init import NETWORK_FAILED, NETWORK_READY, NETWORK_SET_UP_BY_RUNNER
 from ..net import modes
 from ..spec import Spec
 from . import forkserver, stdio, teardown
@@ -68,6 +68,8 @@ class Run:
         self._network = None                # client.Pending: the helper's answer, to come
         self._net: dict | None = None
         self._counters: NetCounters | None = None
+        self._pasta = None                  # a rootless run's pasta (net/rootless.py)
+        self._pasta_ns: tuple[int, ...] = ()
         self._refill: list[tuple[SpareKind, cgroups.Layout]] = []
 
     def mark(self, step: str) -> None:
@@ -108,6 +110,9 @@ class Run:
             if spare.kind.ready:   # all is set up and the interpreter waits: let it go
                 return self._go(spare)
             self._limit(spare)
+            if mode.kind == "pasta":   # while PID 1 is still ours to look into
+                from ..net import rootless
+                self._pasta_ns = rootless.namespaces(spare.pid1.pid)
             self._send_run(spare, layout, mode)
             if mode.kind in RUNNER_SETS_UP:
                 self._set_up_network(spare, mode)
@@ -208,6 +213,8 @@ class Run:
         """The network helper makes the veth, address, route and limits while PID 1 builds
         the root, and tells PID 1 itself when they are ready (or why not: PID 1 then
         reports it as the run's error). The runner goes on at once."""
+        if mode.kind == "pasta":
+            return self._set_up_pasta(spare)
         from ..net import client
         spec = self.spec
         try:
@@ -218,10 +225,36 @@ class Run:
             spare.control.close()
         self.mark("network asked for (helper)")
 
+    def _set_up_pasta(self, spare: Spare) -> None:
+        """Rootless: pasta connects PID 1's namespace (net/rootless.py); PID 1 hears that it
+        may go on, or why not (and reports it as the run's error)."""
+        from ..net import rootless
+        pid = self.pid1.pid
+        try:
+            self._pasta = rootless.start(pid, self.spec.publish, *self._pasta_ns)
+            word = NETWORK_READY
+        except SetupError as err:
+            word = NETWORK_FAILED + str(err).encode()
+        finally:
+            for fd in self._pasta_ns:
+                os.close(fd)
+            self._pasta_ns = ()
+        try:
+            spare.control.send(word)
+        finally:
+            spare.control.close()
+        self.mark("network set up (pasta)")
+        if self._pasta is not None:
+            self._net = {"ip": rootless.address(pid), "name": "pasta",
+                         "ports": [[p.host_ip, p.host_port, p.container_port, p.protocol]
+                                   for p in self.spec.publish]}
+            self._counters = NetCounters(None, pid)
+
     @property
     def network(self) -> dict | None:
         """The helper's answer (address, veth, published ports), None without a bridge or
-        where the helper could not attach (PID 1 reports why)."""
+        where the helper could not attach (PID 1 reports why); pasta's run: its address
+        and ports."""
         if self._network is not None and self._net is None:
             try:
                 self._net = self._network.result()
@@ -337,6 +370,13 @@ class Run:
         if self._counters is not None:
             self._counters.close()
             self._counters = None
+        for fd in self._pasta_ns:     # a start that failed before pasta was started
+            os.close(fd)
+        self._pasta_ns = ()
+        if self._pasta is not None:   # its namespace goes with PID 1 (pasta held it open)
+            from ..net import rootless
+            rootless.stop(self._pasta)
+            self._pasta = None
         if self.pid1 is not None or self.cgroup or self._refill:
             if forkserver.in_process():
                 teardown.hand_off(self.pid1, self.cgroup)
@@ -351,20 +391,24 @@ class NetCounters:
     """A veth's byte counters, read from the host's side (kept-open fds, as the cgroup's):
     what the host's end receives the container sent, and the other way round."""
 
-    def __init__(self, veth: str):
+    def __init__(self, veth: str | None, pasta_pid: int | None = None):
+        self.fds, self.last, self.pasta_pid = [], (0, 0), pasta_pid
         base = f"/sys/class/net/{veth}/statistics"
-        self.fds, self.last = [], (0, 0)
         try:
-            for name in ("tx", "rx"):
+            for name in ("tx", "rx") if veth else ():
                 self.fds.append(os.open(f"{base}/{name}_bytes", os.O_RDONLY | os.O_CLOEXEC))
         except OSError:   # a run over before its first sample: its veth went with it
             self.close()
 
     def read(self) -> tuple[int, int]:
-        """(received, sent) by the container; the last reading once the veth is gone."""
+        """(received, sent) by the container; the last reading once the veth is gone. With
+        pasta there is no veth: its namespace's own eth0, through /proc/<PID 1>/net/dev."""
         try:
             if self.fds:
                 self.last = tuple(int(os.pread(fd, 32, 0)) for fd in self.fds)
+            elif self.pasta_pid:
+                from ..net import rootless
+                self.last = rootless.counters(self.pasta_pid) or self.last
         except (OSError, ValueError):
             pass
         return self.last

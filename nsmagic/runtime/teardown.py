@@ -154,6 +154,8 @@ def _at_exit() -> None:
 
 
 def _forget_in_child() -> None:
+    from . import tied
+    tied.forget_in_child()
     stdio.forget_in_child()
     Spares.forget_in_child()
     Teardown.forget_in_child()
