@@ -64,8 +64,7 @@ def network_leftovers(settle: bool = False) -> list[str]:
     With `settle`, a running helper is first asked to finish its pending detaches."""
     from nsmagic import dirs
     from nsmagic.net import client, nat
-    if settle:
-        client.settle(started_elsewhere=True)
+    client.settle(bridges=True, started_elsewhere=settle)
     found = [f"netdev {name}" for name in os.listdir("/sys/class/net")
              if name.startswith("nsm")]
     if os.path.isdir("/run/netns"):

@@ -60,9 +60,11 @@ class PeerUnavailable(Exception):
 
 
 @contextlib.contextmanager
-def docker_daemon() -> Iterator[list[str]]:
+def docker_daemon(bridge: bool = False) -> Iterator[list[str]]:
     """Start containerd and dockerd on private sockets under a scratch dir; yield the
-    `docker` argv prefix that talks to them; stop both and clean up at exit."""
+    `docker` argv prefix that talks to them; stop both and clean up at exit. With `bridge`
+    (bench/network.py only) dockerd makes docker0, its iptables rules and ip_forward as it
+    does by default: the caller removes those traces (bench/network.undo_network)."""
     dockerd, containerd = shutil.which("dockerd"), shutil.which("containerd")
     if not (dockerd and containerd):
         raise PeerUnavailable("Docker is not installed: apt-get install docker.io "
@@ -72,7 +74,7 @@ def docker_daemon() -> Iterator[list[str]]:
         path = scratch.path
         scratch.start("containerd", [containerd, "--config", _containerd_config(path)],
                       path / "containerd.sock")
-        scratch.start("dockerd", _dockerd_argv(dockerd, path), path / "docker.sock")
+        scratch.start("dockerd", _dockerd_argv(dockerd, path, bridge), path / "docker.sock")
         yield [client, "--config", str(path / "client"), "-H", f"unix://{path / 'docker.sock'}"]
 
 
@@ -93,7 +95,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     return str(path)
 
 
-def _dockerd_argv(dockerd: str, scratch: Path) -> list[str]:
+def _dockerd_argv(dockerd: str, scratch: Path, bridge: bool = False) -> list[str]:
     # The trust key would otherwise be written to /etc/docker/key.json.
     (scratch / "daemon.json").write_text(
         '{"deprecated-key-path": "%s"}\n' % (scratch / "key.json"))
@@ -104,8 +106,9 @@ def _dockerd_argv(dockerd: str, scratch: Path) -> list[str]:
             "--storage-driver", "overlay2", "--cgroup-parent", cgroup_parent("docker"),
             # No docker0, no iptables rules, no ip_forward sysctl: nothing touches the host's
             # network (dockerd's defaults would set net.ipv4.ip_forward=1 even with no bridge).
-            "--bridge", "none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
-            "--ip-forward=false", "--userland-proxy=false"]
+            *(["--userland-proxy=false"] if bridge else
+              ["--bridge", "none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
+               "--ip-forward=false", "--userland-proxy=false"])]
 
 
 def _docker_client(dockerd: str) -> str:
@@ -165,9 +168,10 @@ def busybox_image(tool: list[str]) -> str:
     return IMAGE
 
 
-def run_argv(tool: list[str], image: str, *cmd: str, limits: bool = False) -> list[str]:
+def run_argv(tool: list[str], image: str, *cmd: str, limits: bool = False,
+             network: str = "none") -> list[str]:
     """`tool run --rm --network none [--memory 100m --pids-limit 64] image cmd...`."""
-    argv = [*tool, "run", "--rm", "--network", "none"]
+    argv = [*tool, "run", "--rm", "--network", network]
     if limits:
         argv += ["--memory", "100m", "--pids-limit", "64"]
     if _name(tool) == "podman":

@@ -116,19 +116,21 @@ def attach(pid1, control: socket.socket, run_id: str, name: str, hostname: str,
     return Pending(conn, seq)
 
 
-def settle(started_elsewhere: bool = False) -> None:
-    """Once every exited PID 1 is detached and unused bridges are gone. Nothing to do if
-    this process never attached one, unless `started_elsewhere` (a test after a CLI's
-    run): then a helper that runs is asked, and none is started."""
+def settle(bridges: bool = False, started_elsewhere: bool = False) -> None:
+    """Once every exited PID 1 is detached (and, with `bridges`, unused bridges are gone
+    too, not at the end of their grace: a leak check wants them gone now). Nothing to do if
+    this process never attached one, unless `started_elsewhere` (a test after a CLI's run):
+    then a helper that runs is asked, and none is started."""
+    message = {"op": "settle", "bridges": bridges}
     conn = Connection.get(start=False)
     if conn is not None:
-        conn.answer(conn.send({"op": "settle"}))
+        conn.answer(conn.send(message))
     elif started_elsewhere:
         from .netd import socket_path
         sock = _try(socket_path())
         if sock is not None:
             with sock:
-                sock.send(json.dumps({"op": "settle", "seq": 0}).encode())
+                sock.send(json.dumps({**message, "seq": 0}).encode())
                 sock.recv(1 << 16)
 
 

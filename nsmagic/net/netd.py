@@ -19,7 +19,8 @@ carries its request's "seq".
     {"op": "attach", "seq", "id", "name", "hostname", "network", "ports": [[ip, hport,
      cport, proto]...], "rate"} with PID 1's pidfd, netns fd and control socket
         -> {"ip", "gateway", "prefix", "veth", "bridge", "mac", "ports"} or {"error"}
-    {"op": "settle", "seq"} -> {} once every PID 1 that has exited is detached
+    {"op": "settle", "seq", "bridges"} -> {} once every PID 1 that has exited is detached
+        (and with "bridges", unused bridges removed now, not at the end of their grace)
     {"op": "ping", "seq"} -> {"pid"}"""
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class Daemon:
             return self.attach_and_tell(request, *fds[:3])
         if op == "settle":
             self.reap()
-            self.remove_unused(at_once=True)
+            self.remove_unused(at_once=bool(request.get("bridges")))
             return {}
         if op == "ping":
             return {"pid": os.getpid()}
