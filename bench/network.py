@@ -129,6 +129,8 @@ def peer(tool: str, runs: int) -> list[float]:
     import peers
     before = peers.snapshot()
     forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    before["policy"] = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True,
+                                      text=True).stdout.splitlines()[:1]
     try:
         context = peers.podman_argv() if tool == "podman" else peers.docker_daemon(bridge=True)
         with context as argv:
@@ -147,7 +149,7 @@ def peer(tool: str, runs: int) -> list[float]:
 
 def undo_network(before: dict, forward: str) -> None:
     """What a peer's bridge networking left: its devices, its iptables rules and chains,
-    ip_forward as it was."""
+    ip_forward and the FORWARD policy as they were."""
     import peers
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
@@ -172,6 +174,8 @@ def undo_network(before: dict, forward: str) -> None:
             if chain not in ("INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"):
                 subprocess.run(["iptables", "-w", "-t", table, op, chain], capture_output=True)
     Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
+    if before.get("policy") == ["-P FORWARD ACCEPT"]:   # dockerd sets DROP, and leaves it
+        subprocess.run(["iptables", "-w", "-P", "FORWARD", "ACCEPT"], capture_output=True)
     left = peers.leftovers(before)
     if left:
         print(f"  (left by the peer: {left})")

@@ -34,9 +34,11 @@ def running() -> list[Cgroup]:
             cg.close()
             continue
         pid = owner(cg)
+        if pid is None:   # not a run's group (a delegated scope's leaf, say)
+            cg.close()
+            continue
         try:
-            if pid is not None:
-                os.kill(pid, 0)
+            os.kill(pid, 0)
             alive.append(cg)
         except ProcessLookupError:
             cg.close()

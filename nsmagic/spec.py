@@ -418,9 +418,6 @@ def _check_network(spec: Spec):
             raise SpecError(f"--network {spec.network!r} is not known; use none, host, "
                             "bridge, pasta, container:NAME or a network from `nsmagic network "
                             f"ls` (`nsmagic network create {mode.name}` makes one).")
-    if mode.bridged and os.geteuid() != 0:
-        raise SpecError(f"--network {spec.network} needs root (a bridge and NAT rules of the "
-                        "host); without root use --network pasta.")
     if mode.kind == "pasta":
         from .net import rootless
         rootless.check(spec.publish)

@@ -585,3 +585,51 @@ def test_the_plot_has_a_network_panel_with_a_limit_or_once_there_is_traffic():
         assert (plot.ax_net is not None) == series.net_seen
     assert series.net_rx[-1] == pytest.approx(1.0) and series.net_tx[-1] == pytest.approx(0.5)
     assert plot.render(series, final=True).startswith(b"\x89PNG")
+
+
+def test_a_host_whose_forward_policy_is_drop_still_forwards_containers(user_network, no_leaks):
+    """Docker sets iptables' FORWARD policy to DROP: containers on one bridge still talk
+    (br_netfilter passes bridged frames through FORWARD too), through NSMAGIC-FORWARD, which
+    goes with the last bridge."""
+    policy = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True,
+                            text=True).stdout.splitlines()[0]
+    subprocess.run(["iptables", "-P", "FORWARD", "DROP"], check=True)
+    try:
+        web = _serve("--network", user_network, name="web")
+        try:
+            done = run_spec(["--network", user_network, "--", "/usr/bin/python3", "-c", FETCH,
+                             "http://web:8000/hostname"])
+            assert done.result.exit_code == 0, done
+        finally:
+            _stop(web)
+        settle()
+    finally:
+        subprocess.run(["iptables", "-P", "FORWARD", policy.split()[-1]], check=True)
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_nat_rules_are_set_whole_and_go_whole(backend, monkeypatch):
+    """Both backends, through the host's own tools: masquerade for a bridge with a route
+    out, DNAT for a published port, networks kept apart; then nothing of nsmagic's left.
+    (No traffic: the devices named need not exist for rules to name them.)"""
+    from nsmagic.net import nat
+    monkeypatch.setenv("NSMAGIC_NAT", backend)
+    before = set(nat.present())
+    bridges = [nat.Bridge("nsmtest-a", "10.252.0.0/24", True),
+               nat.Bridge("nsmtest-b", "10.252.1.0/24", False)]
+    try:
+        nat.sync(bridges, [nat.Published("", 18123, "tcp", "10.252.0.2", 80)])
+        if backend == "nft":
+            rules = subprocess.run(["nft", "list", "table", "ip", "nsmagic"],
+                                   capture_output=True, text=True).stdout
+            assert 'ip saddr 10.252.0.0/24 oifname != "nsmtest-a" masquerade' in rules
+            assert "tcp dport 18123 dnat to 10.252.0.2:80" in rules
+            assert "10.252.1.0/24" not in rules   # no route out for b: no masquerade
+        else:
+            rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+            assert "-A NSMAGIC-POSTROUTING -s 10.252.0.0/24 ! -o nsmtest-a -j MASQUERADE" in rules
+            assert "--dport 18123 -j DNAT --to-destination 10.252.0.2:80" in rules
+            assert "-A NSMAGIC-FORWARD -i nsmtest-a -o nsmtest-b -j DROP" in rules
+    finally:
+        nat.sync([], [])
+    assert set(nat.present()) <= before

@@ -26,7 +26,7 @@ nbformat = pytest.importorskip("nbformat")
 
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 NAMES = ["01-namespaces.ipynb", "02-cgroups.ipynb", "03-union-filesystems.ipynb",
-         "04-security.ipynb"]
+         "04-security.ipynb", "06-networking.ipynb"]
 DEGRADED = os.path.join(REPO, "tests", "notebooks_degraded")
 NOBODY = 65534
 CELL_TIMEOUT = 300
@@ -225,6 +225,32 @@ def test_security_capabilities_seccomp_masks_secrets_devices_and_the_user_namesp
     userns = text_of(cell_containing(nb, "def as_nobody(script)"))
     assert "uid=0(root)" in userns and "0      65534          1" in userns
     assert any(line.split()[:2] == ["nobody", "65534"] for line in userns.splitlines()), userns
+
+
+@pytest.mark.kernel
+def test_networking_lo_only_a_veth_by_hand_names_a_published_port_and_a_rate(executed):
+    nb = executed("06-networking.ipynb")
+    alone = text_of(cell(nb, "%%container --no-plot --network none sh"))
+    assert "interfaces:\nlo\nroutes:\n(none)" in alone and "refused" in alone
+    assert len(pngs(cell_containing(nb, "FancyBboxPatch"))) == 1       # the pair, drawn
+    by_hand = text_of(cell_containing(nb, "async def veth_between"))
+    assert "hello 192.168.77.1, from the right" in by_hand and "left behind: nothing" in by_hand
+    host_end = text_of(cell_containing(nb, "on the host: {name}"))
+    assert "a port of the bridge nsmagic0" in host_end
+    talking = text_of(cell(nb, "%%container --no-plot --network classroom sh"))
+    assert "\tweb webserver\n" in talking and "hello from web" in talking
+    inside = text_of(cell(nb, "%%container --name web --no-plot sh"))
+    assert "nsmagic-exec" in inside and " big\n" in inside
+    published = cell_containing(nb, "-p 18080:8000")
+    assert "0.0.0.0:18080->8000/tcp" in text_of(published)
+    assert "not reachable" not in text_of(published)
+    assert "dnat to" in text_of(cell_containing(nb, '"nft", "list", "table"'))
+    rate = cell(nb, "%%container --network classroom --network-rate 8mbit")
+    assert len(pngs(rate)) == 1 and "limit 8 Mbit/s each way" in text_of(rate)
+    wall = float(text_of(rate).split("exit 0 · ")[1].split(" s wall")[0])
+    assert 2.5 < wall < 6, wall          # 3 MB at 1 MB/s, and a moment to start
+    gone = text_of(cell_containing(nb, "%container rm -f web published"))
+    assert "web" in gone and " web\n" not in gone.split("classroom")[-1]
 
 
 # --- unprivileged tier: namespaces refused, as on Binder

@@ -69,8 +69,31 @@ def sync(bridges: list[Bridge], published: list[Published]) -> None:
         return
     if tool == "nft":
         _run(["nft", "-f", "-"], nft_script(bridges, published))
+        _forward_past_a_drop_policy(bridges)
     else:
         _iptables(bridges, published)
+
+
+def _forward_past_a_drop_policy(bridges: list[Bridge]) -> None:
+    """A host whose iptables FORWARD policy is DROP (Docker sets it) drops containers'
+    routed traffic, and even their bridged traffic where br_netfilter is loaded, whatever an
+    nftables table of ours accepts (every base chain of a hook must accept). There, the
+    same NSMAGIC-FORWARD chain the iptables backend has, jumped to first; removed with the
+    last bridge."""
+    if not shutil.which("iptables"):
+        return
+    policy = _ipt(["-t", "filter", "-S", "FORWARD"]).stdout.splitlines()[:1]
+    ours = "NSMAGIC-FORWARD" in _ipt(["-t", "filter", "-S"]).stdout
+    if bridges and (ours or policy == ["-P FORWARD DROP"]):   # kept in step once there
+        _run(["iptables-restore", "--noflush"], _forward_rules(bridges))
+        rule = ["FORWARD", "-j", "NSMAGIC-FORWARD"]
+        if _ipt(["-t", "filter", "-C", *rule]).returncode:
+            _run(["iptables", "-w", "-t", "filter", "-I", *rule])
+    elif ours and not bridges:
+        while _ipt(["-t", "filter", "-D", "FORWARD", "-j", "NSMAGIC-FORWARD"]).returncode == 0:
+            pass
+        for op in ("-F", "-X"):
+            _ipt(["-t", "filter", op, "NSMAGIC-FORWARD"])
 
 
 def _run(argv: list[str], script: str | None = None) -> subprocess.CompletedProcess:
@@ -135,14 +158,19 @@ def iptables_script(bridges: list[Bridge], published: list[Published]) -> str:
             nat.append(f"-A NSMAGIC-POSTROUTING -s {b.subnet} ! -o {b.device} -j MASQUERADE")
         nat.append(f"-A NSMAGIC-POSTROUTING -o {b.device} -m conntrack --ctstate DNAT "
                    "-j MASQUERADE")
+    return "\n".join(["*nat", *nat, "COMMIT", ""]) + _forward_rules(bridges)
+
+
+def _forward_rules(bridges: list[Bridge]) -> str:
+    """The filter table's NSMAGIC-FORWARD: networks apart, then their traffic accepted
+    (a host whose FORWARD policy is DROP would drop it)."""
     forward = [":NSMAGIC-FORWARD - [0:0]",
                "-A NSMAGIC-FORWARD -m conntrack --ctstate DNAT -j ACCEPT"]
     forward += [f"-A NSMAGIC-FORWARD -i {a.device} -o {b.device} -j DROP"
                 for a in bridges for b in bridges if a != b]
-    # A host whose FORWARD policy is DROP (Docker sets it) would drop containers' traffic.
     forward += [f"-A NSMAGIC-FORWARD -{flag} {b.device} -j ACCEPT"
                 for b in bridges for flag in ("i", "o")]
-    return "\n".join(["*nat", *nat, "COMMIT", "*filter", *forward, "COMMIT", ""])
+    return "\n".join(["*filter", *forward, "COMMIT", ""])
 
 
 _JUMPS = {("nat", "PREROUTING"): ["-m", "addrtype", "--dst-type", "LOCAL"],

@@ -95,6 +95,9 @@ class Run:
             raise SetupError("--user needs root: without it only root (uid 0) is mapped "
                              "into the container; drop --user or run as root.")
         mode = modes.parse(spec.network)
+        if mode.bridged and self.rootless:   # the host's, not the options' fault: SetupError
+            raise SetupError(f"--network {spec.network} needs root (a bridge and NAT rules of "
+                             "the host); without root use --network pasta.")
         kind = SpareKind(self.rootless, mode.namespace, spec.unconfined)
         ready = ready_spec(spec) if READY_SPARES and all(self._wants_stdio) else None
         ready_kind = dataclasses.replace(kind, ready=ready) if ready else None
