@@ -305,3 +305,25 @@ def test_a_cell_runs_inside_a_named_detached_container(detached):
     assert ip.user_ns["seen"] == "42\n"
     assert ip.user_ns["_container"].exit_code == 0
     assert records.status(records.load(record["id"])) == "running"   # still there after
+
+
+def test_a_notebooks_detached_containers_go_with_its_kernel():
+    """%container run -d from a kernel passes --rm-on-exit (the notebook's default): the
+    kernel's exit stops and removes them; detached_outlive_kernel keeps them."""
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from IPython.testing.globalipapp import start_ipython\n"
+            "ip = start_ipython(); ip.run_line_magic('load_ext', 'nsmagic')\n"
+            "ip.run_line_magic('container', 'run -d --name nsmagic-t-kernel -- sleep 60')\n"
+            "ip.run_line_magic('config', 'ContainerMagics.detached_outlive_kernel = True')\n"
+            "ip.run_line_magic('container', 'run -d --name nsmagic-t-kept -- sleep 60')\n"
+            % REPO)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.split() == ["nsmagic-t-kernel", "nsmagic-t-kept"], done
+    try:
+        _wait_for(lambda: "nsmagic-t-kernel" not in nsmagic("ps", "-a").stdout)
+        kept = records.load("nsmagic-t-kept")
+        assert records.status(kept) == "running"
+    finally:
+        nsmagic("rm", "-f", "nsmagic-t-kept", "nsmagic-t-kernel", check=False)
+    assert leftovers(kept["monitor"], within=10) == []
