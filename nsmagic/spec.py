@@ -69,9 +69,11 @@ class Spec:
     hostname: str | None = None
     network: str = "none"
     rootfs: str | None = None            # None: the host's system directories, read-only
+    image: str | None = None             # an image of the store; None: the host's (`host`)
+    entrypoint: str | None = None        # --entrypoint: replaces the image's ("" clears it)
     volumes: tuple[Volume, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    workdir: str = "/"
+    workdir: str | None = None           # None: the image's WorkingDir, else /
     read_only: bool = False
     storage: int = DEFAULT_STORAGE       # bytes the run may write to its root (tmpfs upper)
     host_secrets: bool = False           # show the host's files that are not world-readable
@@ -99,7 +101,9 @@ class Spec:
 
     @property
     def is_python_cell(self) -> bool:
-        return not self.command
+        """No command: the script is Python (on an image, the image's python3); on an image
+        with no script either, the image's own command runs."""
+        return not self.command and (self.image is None or bool((self.script or "").strip()))
 
     @property
     def sample_interval(self) -> float:
@@ -131,6 +135,8 @@ class Spec:
             hostname=args.hostname,
             network=args.network,
             rootfs=args.rootfs,
+            image=None if args.image in (None, "host") else args.image,
+            entrypoint=args.entrypoint,
             volumes=tuple(_parse_volume(v) for v in args.volume),
             env=tuple(_parse_env(e) for e in args.env),
             workdir=args.workdir,
@@ -265,8 +271,17 @@ def _check_network(spec: Spec):
                         f"{', '.join(NETWORKS)}.")
 
 
+def _check_image(spec: Spec):
+    if spec.image is not None and spec.rootfs is not None:
+        raise SpecError(f"--rootfs and the image {spec.image} both name the root; keep one.")
+    if spec.image is not None:
+        from .images.reference import parse
+        if not spec.image.startswith("sha256:"):
+            parse(spec.image)   # a bad name says so before anything starts
+
+
 def _check_workdir(spec: Spec):
-    if not spec.workdir.startswith("/"):
+    if spec.workdir is not None and not spec.workdir.startswith("/"):
         raise SpecError(f"-w {spec.workdir!r} must be an absolute path inside the container, "
                         "such as /tmp.")
 
@@ -293,8 +308,8 @@ def _check_name(spec: Spec):
                         "'.' and '-'.")
 
 
-CHECKS = [_check_rootfs, _check_hostname, _check_network, _check_workdir, _check_timeout,
-          _check_interval, _check_variable_names, _check_name]
+CHECKS = [_check_rootfs, _check_image, _check_hostname, _check_network, _check_workdir,
+          _check_timeout, _check_interval, _check_variable_names, _check_name]
 
 
 def validate(spec: Spec) -> Spec:
@@ -348,11 +363,17 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     p.add_argument("--rootfs", metavar="DIR",
                    help="directory used as the read-only lower layer (default: the host's "
                         "system directories)")
+    p.add_argument("--image", metavar="NAME",
+                   help="run on this image's layers, with its command and environment "
+                        "(default: host, the host's system directories)")
+    p.add_argument("--entrypoint", metavar="CMD",
+                   help="replace the image's Entrypoint (\"\" clears it)")
     p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
                    help="bind a host path into the container")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                    help="set an environment variable")
-    p.add_argument("-w", "--workdir", default="/", metavar="DIR", help="working directory inside")
+    p.add_argument("-w", "--workdir", metavar="DIR",
+                   help="working directory inside (default: the image's, else /)")
     p.add_argument("--read-only", action="store_true", help="mount the root read-only")
     p.add_argument("--storage-opt", action="append", default=[], metavar="size=SIZE",
                    help="what the run may write to its root (the upper layer, a tmpfs that "

@@ -104,6 +104,7 @@ class Image:
 class Store:
     def __init__(self, root: str | None = None):
         self.root = root or default_root()
+        self._held = False
 
     # --- layout
 
@@ -132,12 +133,17 @@ class Store:
     def locked(self):
         """The store's one writer lock (index.json, pruning); blobs and layers land by
         rename and need none."""
+        if self._held:            # re-entered (a built-in made while the lock is held)
+            yield
+            return
         self.ensure()
         fd = os.open(self.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._held = True
             yield
         finally:
+            self._held = False
             os.close(fd)
 
     def staging(self, prefix: str = "stage-") -> str:
@@ -270,18 +276,22 @@ class Store:
 
     # --- layers, unpacked once
 
-    def layer_tree(self, diff_id: str, blob: Descriptor | None = None) -> str:
+    def layer_tree(self, diff_id: str, blob: Descriptor | None = None,
+                   notices: list[str] | None = None) -> str:
         """The directory holding layer `diff_id` unpacked (an overlay lower layer); made
-        from its blob the first time."""
+        from its blob the first time (and then what the unpacker skipped or changed is
+        added to `notices`)."""
         hexd = self.blob_path(diff_id).rpartition("/")[2]
         done = self.path("layers", hexd)
         if not os.path.isdir(done):
             if blob is None:
                 raise NsmagicError(f"the layer {diff_id[:19]}… is not in the store.")
-            self._unpack(diff_id, blob, done)
+            said = self._unpack(diff_id, blob, done)
+            if notices is not None:
+                notices += [f"layer {reference.short_id(diff_id)}: {n}" for n in said]
         return os.path.join(done, "tree")
 
-    def _unpack(self, diff_id: str, blob: Descriptor, done: str) -> None:
+    def _unpack(self, diff_id: str, blob: Descriptor, done: str) -> list[str]:
         stage = self.staging("layer-")
         try:
             os.mkdir(os.path.join(stage, "tree"), 0o755)
@@ -304,6 +314,7 @@ class Store:
         finally:
             if os.path.exists(stage):
                 remove(stage)
+        return report.notices()
 
     def layer_info(self, diff_id: str) -> dict:
         hexd = diff_id.removeprefix("sha256:")

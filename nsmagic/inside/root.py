@@ -234,8 +234,11 @@ def build(plan: RootPlan, fds: _Fds, rootless: bool) -> Root:
     path = f"{STAGE}/root"
     os.mkdir(path)
     layers = list(plan.layers)
-    if layers and layers[0].target == "/":
-        _overlay(fds, layers.pop(0), path, None, 0, rootless, plan.hidden)
+    stack = []   # an image's layers: all at /, top first, stacked into one overlay
+    while layers and layers[0].target == "/":
+        stack.append(layers.pop(0))
+    if stack:
+        _overlay(fds, stack, path, None, 0, rootless, plan.hidden)
     else:
         step("bind", "the new root", mount, path, path, None, MS_BIND)  # pivot_root needs a mount
     root = Root(path)
@@ -246,19 +249,23 @@ def build(plan: RootPlan, fds: _Fds, rootless: bool) -> Root:
     for link in plan.links:
         os.symlink(link.text, link.path, dir_fd=root.fd)
     for index, layer in enumerate(layers, 1):
-        _overlay(fds, layer, path, root, index, rootless, plan.hidden)
+        _overlay(fds, [layer], path, root, index, rootless, plan.hidden)
     for bind in plan.binds:
         _bind(fds.pop(bind.target), bind, root)
     return root
 
 
-def _overlay(fds: _Fds, layer: Layer, path: str, root: Root | None, index: int,
+def _overlay(fds: _Fds, stack: list[Layer], path: str, root: Root | None, index: int,
              rootless: bool, hidden: tuple[str, ...]) -> None:
+    """One overlay at the stack's target: its layers read-only (the first on top), a fresh
+    upper layer on the scratch tmpfs."""
+    layer = stack[0]
     upper, work = f"{STAGE}/upper/{index}", f"{STAGE}/work/{index}"
     os.makedirs(upper)
     os.makedirs(work)
     _whiteouts(upper, fds[layer.source], layer.target, hidden)
-    options = f"lowerdir={fd_path(fds[layer.source])},upperdir={upper},workdir={work}"
+    lower = ":".join(fd_path(fds[each.source]) for each in stack)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
     if rootless:
         options += ",userxattr"   # trusted.* xattrs are root's; a user namespace uses user.*
     # nodev: a device node in an image opens nothing; nosuid: set-id bits mean nothing.

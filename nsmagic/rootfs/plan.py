@@ -36,10 +36,14 @@ def python_prefixes() -> list[str]:
     return sorted(set(found))
 
 
-def plan(spec: Spec, rootless: bool) -> RootPlan:
-    """What the root is made of, for PID 1 to build (see inside/root.build)."""
+def plan(spec: Spec, rootless: bool, image_layers: tuple[str, ...] | None = None) -> RootPlan:
+    """What the root is made of, for PID 1 to build (see inside/root.build). An image's
+    layers (unpacked trees, top first) are stacked into one overlay at /."""
     layers, links, binds = [], [], []
-    if spec.rootfs:
+    own_root = spec.rootfs or image_layers is not None
+    if image_layers is not None:
+        layers = [Layer(tree, "/") for tree in image_layers]
+    elif spec.rootfs:
         layers.append(Layer(os.path.abspath(spec.rootfs), "/"))
     else:
         for top in HOST_TOP_LINKS:
@@ -57,9 +61,9 @@ def plan(spec: Spec, rootless: bool) -> RootPlan:
     for v in spec.volumes:
         binds.append(Bind(v.source, v.target, v.read_only, os.path.isdir(v.source), v.dev,
                           v.suid))
-    dirs = () if spec.rootfs else tuple(Dir(path, mode) for path, mode in EMPTY_DIRS.items())
+    dirs = () if own_root else tuple(Dir(path, mode) for path, mode in EMPTY_DIRS.items())
     return RootPlan(tuple(layers), tuple(links), dirs, tuple(binds), spec.read_only,
-                    storage=spec.storage, hidden=_hidden(spec, rootless),
+                    storage=spec.storage, hidden=() if own_root else _hidden(spec, rootless),
                     resolv_conf=_resolv_conf())
 
 

@@ -57,6 +57,7 @@ class Run:
         self._status_buf = b""
         self._wants_stdio = out is not None, err is not None
         self.warning: str | None = None
+        self.image = None          # what the spec's image gives the run (runimage.ImageRun)
         self.marks: list[tuple[str, float]] = []
         self._refill: list[tuple[SpareKind, cgroups.Layout]] = []
 
@@ -78,9 +79,12 @@ class Run:
         _sweep_once()
         teardown.install_hooks()
         spec, layout = self.spec, cgroups.detect()
-        if spec.user and self.rootless and spec.user[0] != 0:
-            raise SetupError("--user needs root: without it only root (uid 0) is mapped "
-                             "into the container; drop --user or run as root.")
+        self.image = _image_for(spec)   # before any container: a missing image says so
+        user = self.image.user if self.image else spec.user
+        if user and self.rootless and user[0] != 0:
+            who = "--user" if spec.user else f"the image {spec.image}'s User"
+            raise SetupError(f"{who} needs root: without it only root (uid 0) is mapped into "
+                             "the container; run as root, or pass -u 0.")
         kind = SpareKind(self.rootless, spec.network, spec.cpus is not None, spec.unconfined)
         ready = ready_spec(spec) if READY_SPARES and all(self._wants_stdio) else None
         ready_kind = dataclasses.replace(kind, ready=ready) if ready else None
@@ -131,6 +135,8 @@ class Run:
         if spec.unconfined:
             warnings.append("running UNCONFINED: no namespaces and no overlay, so writes "
                             "reach the host")
+        if self.image is not None:
+            warnings += self.image.notices
         self.warning = "; ".join(warnings) or None
 
     def _go(self, spare: Spare) -> Run:
@@ -152,7 +158,7 @@ class Run:
     def _send_run(self, spare: Spare, layout: cgroups.Layout) -> None:
         """The run's config and stdio to the waiting PID 1."""
         spec = self.spec
-        cfg = run_config(spec, self.hostname, self.rootless, self.cgroup, layout)
+        cfg = run_config(spec, self.hostname, self.rootless, self.cgroup, layout, self.image)
         ours, theirs = stdio.pipes(spec.script is not None, *self._wants_stdio)
         try:
             self.started = time.monotonic()
@@ -273,6 +279,15 @@ class Run:
             self.pid1 = self.cgroup = None
             self._refill = []
         self.mark("run closed, teardown handed off")
+
+
+def _image_for(spec: Spec):
+    """The image's layers, command and environment, or None for the host's directories
+    (the images package is imported only by runs that name an image)."""
+    if spec.image is None:
+        return None
+    from ..images import runimage
+    return runimage.for_spec(spec)
 
 
 @contextlib.contextmanager

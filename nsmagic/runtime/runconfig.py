@@ -15,22 +15,31 @@ BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 
 
 def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup | None,
-               layout: cgroups.Layout) -> RunConfig:
-    env = dict(BASE_ENV, HOSTNAME=hostname, PYTHONUNBUFFERED="1")
-    env.update(dict(spec.env))
+               layout: cgroups.Layout, image=None) -> RunConfig:
+    """`image` is what the spec's image gives the run (images.runimage.ImageRun), or None
+    for the host's directories or --rootfs."""
+    if image is not None:
+        env = dict(image.env, HOSTNAME=hostname)
+        env.setdefault("HOME", "/root" if not image.user or image.user[0] == 0 else "/")
+        argv, workdir, user = image.argv, image.workdir, image.user
+    else:
+        env = dict(BASE_ENV, HOSTNAME=hostname, PYTHONUNBUFFERED="1")
+        env.update(dict(spec.env))
+        argv = spec.command or (sys.executable, "-u", "-")
+        workdir, user = spec.workdir or "/", spec.user
     return RunConfig(
         hostname=hostname,
         network=spec.network,
         rootless=rootless,
-        plan=plan_root(spec, rootless),
+        plan=plan_root(spec, rootless, image.layers if image else None),
         cgroup_namespace=cgroup is not None,
         cgroup_mounts=cgroup.mounts_inside() if cgroup else (),
-        argv=spec.command or (sys.executable, "-u", "-"),
+        argv=tuple(argv),
         env=tuple(env.items()),
-        workdir=spec.workdir,
-        user=spec.user,
+        workdir=workdir,
+        user=user,
         python_cell=spec.is_python_cell,
-        custom_root=spec.rootfs is not None,
+        custom_root=spec.rootfs is not None or image is not None,
         unconfined=spec.unconfined,
         profile=spec.profile,
     )

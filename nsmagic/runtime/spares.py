@@ -40,8 +40,10 @@ class SpareKind:
 def ready_spec(spec: Spec) -> Spec | None:
     """The container part of a Python cell whose container can be made whole before the
     cell is run. Not with --rootfs or -v: their sources may change between cells (a layer
-    rebuilt, a directory recreated), and a container made earlier would show the old ones."""
-    if spec.command or spec.script is None or spec.rootfs or spec.volumes or spec.unconfined:
+    rebuilt, a directory recreated, an image re-tagged), and a container made earlier would
+    show the old ones."""
+    if (spec.command or spec.script is None or spec.rootfs or spec.image or spec.volumes
+            or spec.unconfined):
         return None
     return spec.container_part()
 
