@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     except NsmagicError as err:
         print(f"nsmagic: {err}", file=sys.stderr)
         return EXIT_SETUP
+    except BrokenPipeError:   # `nsmagic inspect x | head`: the reader has what it wanted
+        return 128 + signal.SIGPIPE
 
 
 def entry() -> None:
@@ -111,17 +113,37 @@ def _parser(prog: str, description: str):
     return OptionParser(prog=prog, description=description)
 
 
-COMMANDS = {"run": run, "info": info, "ps": ps}
+def _image_command(name: str):
+    """An image command (images, rmi, tag, inspect, history, image, load, save), imported
+    only when asked for."""
+    def command(argv: list[str]) -> int:
+        from .images.commands import commands
+        return commands()[name](argv)
+    return command
+
+
+COMMANDS = {"run": run, "info": info, "ps": ps,
+            **{name: _image_command(name) for name in ("images", "image", "rmi", "tag",
+                                                       "inspect", "history", "load",
+                                                       "save")}}
 
 USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
+       nsmagic run [options] [--json] IMAGE [COMMAND [ARG...]]
        nsmagic info [--json]
        nsmagic ps
+       nsmagic images | rmi IMAGE... | tag SOURCE TARGET | inspect IMAGE... | history IMAGE
+       nsmagic image ls|rm|tag|inspect|history|prune|load|save
+       nsmagic load [-i FILE] | save [-o FILE] IMAGE...
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.
         --json prints the result as one JSON object on the last line of stdout.
 info    what this machine can do: kernel, cgroup layout, namespaces, overlayfs.
 ps      every running nsmagic container on this machine (any notebook's or shell's).
+images  the images in the store (hello-world and busybox are made on first use, with no
+        network; host, the default, is the host's own /usr, /etc and /opt).
+load    images from a docker save or OCI archive; save writes one that docker load and
+        skopeo read.
 
 options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N --hostname NAME
         --network none|host --rootfs DIR -v SRC:DST[:ro] -e K=V -w DIR --read-only

@@ -42,6 +42,14 @@ def no_leaks():
     assert not after, f"left behind: {sorted(after)}"
 
 
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty image store of the test's own (NSMAGIC_STORE, which CLI runs inherit)."""
+    from nsmagic.images.store import Store
+    monkeypatch.setenv("NSMAGIC_STORE", str(tmp_path / "store"))
+    return Store().ensure()
+
+
 class Captured:
     def __init__(self, result, out, err):
         self.result, self.out, self.err = result, out, err

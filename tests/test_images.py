@@ -5,27 +5,14 @@ WorkingDir, User) applied as Docker applies it."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, needs_root
+from conftest import needs_root
+from imagehelp import layered, nsmagic
 
 from nsmagic.errors import NsmagicError
 from nsmagic.images import builtin, catalog, compose
 from nsmagic.images.store import Store
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("NSMAGIC_STORE", str(tmp_path / "store"))
-    return Store().ensure()
-
-
-def nsmagic(*args, stdin=""):
-    return subprocess.run([sys.executable, "-m", "nsmagic", *args], input=stdin,
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
-
 
 # --- store and built-ins (core)
 
@@ -94,25 +81,6 @@ def test_corrupt_layer_refused_by_diff_id(store):
 
 
 # --- runs on images (kernel)
-
-
-def layered(store) -> str:
-    """busybox, then a layer that adds files, then one that deletes and hides some."""
-    base = catalog.find("busybox", store)
-    one = compose.layer_from_bytes(store, compose.tar_of([
-        ("data", "dir", 0o755, b""), ("data/a", "file", 0o644, b"a1\n"),
-        ("data/b", "file", 0o644, b"b1\n"), ("keep", "dir", 0o755, b""),
-        ("keep/old", "file", 0o644, b"old\n"), ("work", "dir", 0o755, b"")]), "RUN one")
-    two = compose.layer_from_bytes(store, compose.tar_of([
-        ("data", "dir", 0o755, b""), ("data/.wh.a", "file", 0o644, b""),
-        ("data/b", "file", 0o644, b"b2\n"), ("keep", "dir", 0o755, b""),
-        ("keep/.wh..wh..opq", "file", 0o644, b""), ("keep/new", "file", 0o644, b"new\n")]),
-        "RUN two")
-    compose.write_image(store, "layered", [one, two], {
-        "Env": ["PATH=/bin", "GREETING=from the image"], "WorkingDir": "/work",
-        "Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo default $GREETING in $(pwd)"],
-        "User": "nobody"}, base_image=base)
-    return "layered"
 
 
 @needs_root

@@ -147,8 +147,9 @@ class Store:
             os.close(fd)
 
     def staging(self, prefix: str = "stage-") -> str:
+        """A directory in tmp/, named for this process (prune leaves a live one's alone)."""
         self.ensure()
-        return tempfile.mkdtemp(prefix=prefix, dir=self.path("tmp"))
+        return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=self.path("tmp"))
 
     def _write_json(self, rel: str, value) -> None:
         tmp = self.path(f"{rel}.{os.getpid()}.tmp")
@@ -164,7 +165,7 @@ class Store:
         path = self.blob_path(digest)
         if not os.path.exists(path):
             self.ensure()
-            tmp = f"{path}.{os.getpid()}.{os.urandom(3).hex()}.tmp"
+            tmp = self.path("tmp", f"blob-{os.getpid()}-{os.urandom(4).hex()}")
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -178,7 +179,7 @@ class Store:
         differs is refused and nothing is kept."""
         self.ensure()
         h, size = hashlib.sha256(), 0
-        fd, tmp = tempfile.mkstemp(dir=self.path("tmp"), prefix="blob-")
+        fd, tmp = tempfile.mkstemp(dir=self.path("tmp"), prefix=f"blob-{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as f:
                 while chunk := stream.read(CHUNK):
@@ -230,6 +231,12 @@ class Store:
                     if (d.get("annotations") or {}).get(NAME_KEY) != ref.name]
             entry = Descriptor(manifest.media_type, manifest.digest, manifest.size,
                                {NAME_KEY: ref.name, REF_KEY: ref.tag})
+            kept = [d for d in kept if d["digest"] != manifest.digest   # its unnamed entry
+                    or (d.get("annotations") or {}).get(NAME_KEY)]
+            for d in index["manifests"]:   # the name's former image stays, as <none>
+                if d not in kept and d["digest"] != manifest.digest and not any(
+                        k["digest"] == d["digest"] for k in kept):
+                    kept.append({k: v for k, v in d.items() if k != "annotations"})
             index["manifests"] = kept + [entry.to_json()]
             self._write_json("index.json", index)
 
@@ -244,6 +251,27 @@ class Store:
             index["manifests"] = kept
             self._write_json("index.json", index)
             return True
+
+    def add_unnamed(self, manifest: Descriptor) -> None:
+        """An image without a name (a load of an untagged archive, a build without -t):
+        listed as <none>, found by its id, kept until `rmi` or until it is named."""
+        with self.locked():
+            index = self._index()
+            if not any(d["digest"] == manifest.digest for d in index["manifests"]):
+                index["manifests"].append(manifest.to_json())
+                self._write_json("index.json", index)
+
+    def is_named(self, manifest_digest: str) -> bool:
+        return any(d.digest == manifest_digest and d.annotations.get(NAME_KEY)
+                   for d in self.entries())
+
+    def forget(self, manifest_digest: str) -> None:
+        """Drop every index entry of the image (its names and an unnamed entry)."""
+        with self.locked():
+            index = self._index()
+            index["manifests"] = [d for d in index["manifests"]
+                                  if d["digest"] != manifest_digest]
+            self._write_json("index.json", index)
 
     def images(self) -> list[Image]:
         """Every named image, one entry per manifest, with all its names."""
@@ -340,10 +368,25 @@ class Store:
                 diffs |= set(image.diff_ids)
         return blobs, diffs
 
-    def prune(self) -> tuple[int, int]:
-        """Remove blobs and unpacked layers no image or container uses; (count, bytes)."""
+    def _drop_dangling(self) -> None:
+        """Unnamed images (<none>) go, as `docker image prune` removes dangling ones; those
+        a kept container was made from stay."""
+        from .containers import kept_images
+        used = kept_images(self)
+        index = self._index()
+        index["manifests"] = [d for d in index["manifests"]
+                              if (d.get("annotations") or {}).get(NAME_KEY)
+                              or d["digest"] in used]
+        self._write_json("index.json", index)
+
+    def prune(self, everything: bool = True) -> tuple[int, int]:
+        """Remove blobs and unpacked layers no image or container uses; (count, bytes).
+        With `everything` (`image prune`), unnamed images first, and what interrupted
+        writes left in tmp/ after."""
         count = freed = 0
         with self.locked():
+            if everything:
+                self._drop_dangling()
             blobs, diffs = self.referenced()
             for hexd in os.listdir(self.path("blobs", "sha256")):
                 if "sha256:" + hexd not in blobs:
@@ -356,9 +399,21 @@ class Store:
                     freed += self.layer_info("sha256:" + hexd).get("size", 0)
                     remove(self.path("layers", hexd))
                     count += 1
-            for name in os.listdir(self.path("tmp")):
-                remove(self.path("tmp", name))
+            for name in os.listdir(self.path("tmp")) if everything else ():
+                if not _alive(name):
+                    remove(self.path("tmp", name))
         return count, freed
+
+
+def _alive(staged: str) -> bool:
+    """Whether the process that named a tmp/ entry (KIND-PID-RANDOM) still runs."""
+    try:
+        os.kill(int(staged.split("-")[1]), 0)
+        return True
+    except (IndexError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
 
 
 def _looks_like_id(text: str) -> bool:

@@ -1,0 +1,119 @@
+"""Docker's image commands for nsmagic, shared by the CLI (`nsmagic images`) and the magic
+(`%container images`): each takes its argument words, prints, and returns an exit status.
+A user's mistake raises SpecError or NsmagicError with one sentence."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import SpecError
+from ..spec import OptionParser
+from . import catalog, views
+from .store import ImageNotFound, Store
+
+
+def _parser(prog: str, description: str) -> OptionParser:
+    return OptionParser(prog=f"nsmagic {prog}", description=description)
+
+
+def images(argv: list[str]) -> int:
+    _parser("images", "the images in this machine's store").parse_args(argv)
+    print(views.images_table(Store().ensure()))
+    return 0
+
+
+def tag(argv: list[str]) -> int:
+    p = _parser("tag", "give an image another name")
+    p.add_argument("source")
+    p.add_argument("target")
+    args = p.parse_args(argv)
+    store = Store().ensure()
+    image = catalog.find(args.source, store)
+    store.tag(args.target, store_descriptor(store, image))
+    return 0
+
+
+def store_descriptor(store: Store, image):
+    from .store import MANIFEST, Descriptor
+    return Descriptor(image.manifest.get("mediaType", MANIFEST), image.manifest_digest,
+                      len(store.read_blob(image.manifest_digest)))
+
+
+def rmi(argv: list[str]) -> int:
+    p = _parser("rmi", "remove images (their names; their layers once nothing uses them)")
+    p.add_argument("names", nargs="+", metavar="IMAGE")
+    args = p.parse_args(argv)
+    store = Store().ensure()
+    for text in args.names:
+        image = store.find(text)
+        if image is None:
+            raise ImageNotFound(f"there is no image {text} to remove; `nsmagic images` lists "
+                                "them.")
+        named = [n for n in image.names if n == _full_name(text)]
+        for name in named or image.names:   # a name removes that name; an id, all of them
+            store.untag(name)
+            print(f"Untagged: {name}")
+        if not store.is_named(image.manifest_digest):
+            store.forget(image.manifest_digest)
+            store.prune(everything=False)
+            print(f"Deleted: {image.id}")
+    return 0
+
+
+def _full_name(text: str) -> str | None:
+    from .reference import parse
+    try:
+        return parse(text).name
+    except SpecError:
+        return None
+
+
+def inspect(argv: list[str]) -> int:
+    p = _parser("inspect", "an image's config, layers and ids, as JSON")
+    p.add_argument("names", nargs="+", metavar="IMAGE")
+    args = p.parse_args(argv)
+    store = Store().ensure()
+    print(json.dumps([views.inspect(store, catalog.find(n, store)) for n in args.names],
+                     indent=4))
+    return 0
+
+
+def history(argv: list[str]) -> int:
+    p = _parser("history", "the steps that made an image, newest first")
+    p.add_argument("name", metavar="IMAGE")
+    args = p.parse_args(argv)
+    store = Store().ensure()
+    print(views.history_table(store, catalog.find(args.name, store)))
+    return 0
+
+
+def prune(argv: list[str]) -> int:
+    p = _parser("image prune", "remove layers and blobs that no image or container uses")
+    p.add_argument("-f", "--force", action="store_true", help="(no prompt is asked anyway)")
+    p.add_argument("-a", "--all", action="store_true", help="(every unnamed image goes)")
+    p.parse_args(argv)
+    count, freed = Store().ensure().prune()
+    print(f"Deleted {count} unused blob(s) and layer(s)\nTotal reclaimed space: "
+          f"{views.human_size(freed)}")
+    return 0
+
+
+def image(argv: list[str]) -> int:
+    """`nsmagic image ls|rm|tag|inspect|history|prune|load|save`, as `docker image ...`."""
+    subs = {"ls": images, "list": images, "rm": rmi, "tag": tag, "inspect": inspect,
+            "history": history, "prune": prune, **_archive_commands()}
+    if not argv or argv[0] not in subs:
+        raise SpecError(f"`nsmagic image {argv[0] if argv else ''}` is not known; use one of "
+                        f"{', '.join(sorted(subs))}.")
+    return subs[argv[0]](argv[1:])
+
+
+def _archive_commands() -> dict:
+    from . import archive
+    return {"load": archive.load_command, "save": archive.save_command}
+
+
+def commands() -> dict:
+    return {"images": images, "image": image, "tag": tag, "rmi": rmi, "inspect": inspect,
+            "history": history, **_archive_commands()}
+
