@@ -122,7 +122,15 @@ def _image_command(name: str):
     return command
 
 
-COMMANDS = {"run": run, "info": info, "ps": ps,
+def build(argv: list[str]) -> int:
+    from .images.commands import build as build_image
+    from .runtime import forkserver
+    forkserver.use_in_process()   # each RUN clones its PID 1 from this small process
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return build_image(argv, out=sys.stdout.buffer, err=sys.stderr.buffer)
+
+
+COMMANDS = {"run": run, "info": info, "ps": ps, "build": build,
             **{name: _image_command(name) for name in ("images", "image", "rmi", "tag",
                                                        "inspect", "history", "load",
                                                        "save")}}
@@ -134,6 +142,7 @@ USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
        nsmagic images | rmi IMAGE... | tag SOURCE TARGET | inspect IMAGE... | history IMAGE
        nsmagic image ls|rm|tag|inspect|history|prune|load|save
        nsmagic load [-i FILE] | save [-o FILE] IMAGE...
+       nsmagic build -t NAME [-f FILE] [--build-arg K=V] [--no-cache] DIR
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.

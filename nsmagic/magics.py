@@ -8,7 +8,7 @@ import sys
 import time
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class
 from traitlets import Bool, CaselessStrEnum, Float
 
 from . import core
@@ -66,7 +66,9 @@ class ContainerMagics(Magics):
     def container(self, line, cell=None):
         if cell is None:
             return self._subcommand(line)
-        spec = self._spec(line, cell)
+        return self._run(self._spec(line, cell), cell)
+
+    def _run(self, spec: Spec, cell: str):
         if self.when_unavailable == "explain" and not spec.unconfined:
             reason = self._unavailable(spec)
             if reason:
@@ -94,11 +96,43 @@ class ContainerMagics(Magics):
         if result.exit_code != 0 and spec.raise_error:
             raise ContainerError(result, cell)
 
+    @cell_magic
+    def image(self, line, cell):
+        """%%image build NAME [--build-arg K=V] [--no-cache]: the cell is the Dockerfile,
+        the context is the notebook's folder; each RUN runs in an nsmagic container."""
+        import os
+        import shlex
+
+        from .images.commands import build
+        words = shlex.split(line)
+        if len(words) < 2 or words[0] != "build":
+            raise UsageError("%%image build NAME: the cell is the Dockerfile, the context "
+                             "the notebook's folder.")
+        try:
+            build(["-t", words[1], *words[2:], os.getcwd()], dockerfile_text=cell,
+                  out=sys.stdout, err=sys.stderr)
+        except SpecError as err:
+            raise UsageError(str(err)) from None
+
     def _spec(self, line: str, cell: str) -> Spec:
         """The cell's options; what it does not say comes from %config."""
         try:
             spec = Spec.from_argv(line, script=cell, parser=build_parser(_MagicParser))
         except SpecError as err:
+            raise UsageError(str(err)) from None
+        return spec.replace(plot=self.plot if spec.plot is None else spec.plot,
+                            interval=self.interval if spec.interval is None else spec.interval)
+
+    def _image_spec(self, rest: str) -> Spec:
+        """%container run [options] IMAGE [COMMAND...], as `nsmagic run` takes it."""
+        import shlex
+        try:
+            args = build_parser(_MagicParser).parse_args(shlex.split(rest))
+            words = list(args.command or ())
+            if words and words[0] != "--" and args.image is None:
+                args.image, args.command = words[0], words[1:]
+            spec = Spec.from_args(args)
+        except (SpecError, ValueError) as err:
             raise UsageError(str(err)) from None
         return spec.replace(plot=self.plot if spec.plot is None else spec.plot,
                             interval=self.interval if spec.interval is None else spec.interval)
@@ -148,8 +182,14 @@ class ContainerMagics(Magics):
             return
         if words[0] == "stats":
             return self._stats(words[1:])
+        if words[0] in IMAGE_COMMANDS:
+            return _image_command(line)
+        if words[0] == "run":
+            return self._run(self._image_spec(line.split(None, 1)[1] if words[1:] else ""),
+                             line)
         raise UsageError(f"%container {words[0]!r} is not a subcommand; use: %container info, "
-                         "ps or stats, or %%container [options] as a cell magic.")
+                         f"ps, stats or {', '.join(IMAGE_COMMANDS)}, or %%container "
+                         "[options] as a cell magic.")
 
     def _stats(self, words):
         """A live plot per running container (any runner's) until interrupted, or for
@@ -180,11 +220,29 @@ class ContainerMagics(Magics):
             print("no nsmagic container is running on this machine.")
 
 
+IMAGE_COMMANDS = ("images", "image", "rmi", "tag", "inspect", "history", "load", "save")
+
+
+def _image_command(line: str) -> None:
+    """The CLI's image commands, same words, same output."""
+    import shlex
+
+    from .images.commands import commands
+    words = shlex.split(line)
+    try:
+        commands()[words[0]](words[1:])
+    except SpecError as err:
+        raise UsageError(str(err)) from None
+
+
 HELP = build_parser(_MagicParser).format_help() + """
 Line magic:
   %container info     what this machine can do (kernel, cgroups, namespaces, overlayfs)
   %container ps       every running nsmagic container on this machine, like `docker ps`
   %container stats    a live plot for each of them until interrupted (--seconds N to stop)
+  %container run [options] IMAGE [COMMAND...]   an image's own command, as `docker run`
+  %container images   the images in the store (also rmi, tag, inspect, history, load, save,
+                      image prune), as the nsmagic CLI and Docker have them
 
 The last run's result is `_container` (exit_code, oom_killed, memory_peak, cpu_s, ...).
 """

@@ -17,6 +17,8 @@ def find(text: str, store: Store | None = None) -> Image:
     image = store.find(text)
     if image is not None:
         return image
+    if _is_manifest_digest(text, store):   # an image a build made on its way (no name)
+        return store.image(text)
     ref = reference.parse(text)
     if text == builtin.SCRATCH or ref.name == "scratch:latest":
         raise NsmagicError("scratch is the empty image, for FROM scratch in a Dockerfile; "
@@ -31,3 +33,9 @@ def find(text: str, store: Store | None = None) -> Image:
     raise ImageNotFound(f"there is no image {ref.name} on this machine; `nsmagic images` "
                         "lists what there is (hello-world and busybox are made here on "
                         "first use; load another with nsmagic load -i FILE).")
+
+
+def _is_manifest_digest(text: str, store: Store) -> bool:
+    hexd = text.removeprefix("sha256:")
+    return (text.startswith("sha256:") and len(hexd) == 64 and store.has_blob(text)
+            and b'"layers"' in store.read_blob(text)[:1 << 20])

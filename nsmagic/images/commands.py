@@ -113,7 +113,45 @@ def _archive_commands() -> dict:
     return {"load": archive.load_command, "save": archive.save_command}
 
 
+def build(argv: list[str], dockerfile_text: str | None = None, out=None, err=None) -> int:
+    """`nsmagic build -t NAME [-f FILE] [--build-arg K=V] [--no-cache] DIR`; the magic
+    passes the cell as `dockerfile_text`."""
+    import os
+
+    from .build import Builder, Options
+    p = _parser("build", "build an image from a Dockerfile; each RUN in an nsmagic "
+                "container, each instruction cached")
+    p.add_argument("-t", "--tag", metavar="NAME", help="the image's name")
+    p.add_argument("-f", "--file", metavar="FILE", help="the Dockerfile (default: "
+                   "DIR/Dockerfile)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="K=V")
+    p.add_argument("--network", default="none", help="RUN's network: none or host")
+    p.add_argument("--no-cache", action="store_true", help="run every step again")
+    p.add_argument("context", metavar="DIR")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.context):
+        raise SpecError(f"the build context {args.context} is not a directory.")
+    name = args.file or os.path.join(args.context, "Dockerfile")
+    if dockerfile_text is None:
+        try:
+            with open(name) as f:
+                dockerfile_text = f.read()
+        except OSError as error:
+            raise SpecError(f"cannot read the Dockerfile {name}: "
+                            f"{error.strerror.lower()}.") from None
+    build_args = {}
+    for item in args.build_arg:
+        key, sep, value = item.partition("=")
+        build_args[key] = value if sep else os.environ.get(key, "")
+    if args.tag:
+        from .reference import parse
+        parse(args.tag)
+    options = Options(args.tag, args.context, build_args, args.network, args.no_cache)
+    Builder(options, out=out, err=err).build(dockerfile_text, os.path.basename(name))
+    return 0
+
+
 def commands() -> dict:
     return {"images": images, "image": image, "tag": tag, "rmi": rmi, "inspect": inspect,
-            "history": history, **_archive_commands()}
+            "history": history, "build": build, **_archive_commands()}
 

@@ -179,6 +179,10 @@ def open_sources(plan: RootPlan) -> _Fds:
                                      os.O_PATH | os.O_CLOEXEC)
     for bind in plan.binds:
         fds[bind.target] = step("open the volume", bind.source, _detached_copy, bind)
+    if plan.upper_dir:
+        fds[plan.upper_dir] = step("open the writable layer", plan.upper_dir, os.open,
+                                   plan.upper_dir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                                   | os.O_CLOEXEC)
     return fds
 
 
@@ -238,7 +242,8 @@ def build(plan: RootPlan, fds: _Fds, rootless: bool) -> Root:
     while layers and layers[0].target == "/":
         stack.append(layers.pop(0))
     if stack:
-        _overlay(fds, stack, path, None, 0, rootless, plan.hidden)
+        _overlay(fds, stack, path, None, 0, rootless, plan.hidden,
+                 fds.get(plan.upper_dir) if plan.upper_dir else None)
     else:
         step("bind", "the new root", mount, path, path, None, MS_BIND)  # pivot_root needs a mount
     root = Root(path)
@@ -256,16 +261,21 @@ def build(plan: RootPlan, fds: _Fds, rootless: bool) -> Root:
 
 
 def _overlay(fds: _Fds, stack: list[Layer], path: str, root: Root | None, index: int,
-             rootless: bool, hidden: tuple[str, ...]) -> None:
+             rootless: bool, hidden: tuple[str, ...], kept: int | None = None) -> None:
     """One overlay at the stack's target: its layers read-only (the first on top), a fresh
-    upper layer on the scratch tmpfs."""
+    upper layer on the scratch tmpfs, or in the directory `kept` (an fd) on disk."""
     layer = stack[0]
-    upper, work = f"{STAGE}/upper/{index}", f"{STAGE}/work/{index}"
-    os.makedirs(upper)
-    os.makedirs(work)
+    if kept is not None:
+        upper, work = f"{fd_path(kept)}/upper", f"{fd_path(kept)}/work"
+    else:
+        upper, work = f"{STAGE}/upper/{index}", f"{STAGE}/work/{index}"
+        os.makedirs(upper)
+        os.makedirs(work)
     _whiteouts(upper, fds[layer.source], layer.target, hidden)
     lower = ":".join(fd_path(fds[each.source]) for each in stack)
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    if kept is not None:   # the upper is read back as a layer: a renamed directory must be
+        options += ",redirect_dir=off"   # copied up whole, not recorded as a redirect xattr
     if rootless:
         options += ",userxattr"   # trusted.* xattrs are root's; a user namespace uses user.*
     # nodev: a device node in an image opens nothing; nosuid: set-id bits mean nothing.
