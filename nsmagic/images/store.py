@@ -355,18 +355,26 @@ class Store:
     # --- pruning
 
     def referenced(self) -> tuple[set[str], set[str]]:
-        """(blob digests, diff_ids) that named images and kept containers use."""
+        """(blob digests, diff_ids) that images in the index, kept containers and the
+        build cache use."""
+        from .containers import kept_images  # containers pin their images' layers
+        images = self.images()
+        for digest in kept_images(self) | self._cached_images():
+            with contextlib.suppress(NsmagicError, OSError, ValueError, KeyError):
+                images.append(self.image(digest))
         blobs, diffs = set(), set()
-        for image in self.images():
+        for image in images:
             blobs |= {image.manifest_digest, image.id} | {d.digest for d in image.layers}
             diffs |= set(image.diff_ids)
-        from .containers import kept_images  # containers pin their images' layers
-        for digest in kept_images(self):
-            if self.has_blob(digest):
-                image = self.image(digest)
-                blobs |= {image.manifest_digest, image.id} | {d.digest for d in image.layers}
-                diffs |= set(image.diff_ids)
         return blobs, diffs
+
+    def _cached_images(self) -> set[str]:
+        """The images the build cache points to (see build.py)."""
+        found = set()
+        for key in os.listdir(self.path("cache")) if os.path.isdir(self.path("cache")) else ():
+            with contextlib.suppress(OSError), open(self.path("cache", key)) as f:
+                found.add(f.read().strip())
+        return found
 
     def _drop_dangling(self) -> None:
         """Unnamed images (<none>) go, as `docker image prune` removes dangling ones; those
@@ -385,8 +393,9 @@ class Store:
         writes left in tmp/ after."""
         count = freed = 0
         with self.locked():
-            if everything:
+            if everything:   # `image prune`: unnamed images and the build cache go
                 self._drop_dangling()
+                remove(self.path("cache"))
             blobs, diffs = self.referenced()
             for hexd in os.listdir(self.path("blobs", "sha256")):
                 if "sha256:" + hexd not in blobs:
