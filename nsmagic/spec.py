@@ -71,7 +71,7 @@ class Spec:
     rootfs: str | None = None            # None: the host's system directories, read-only
     image: str | None = None             # an image of the store; None: the host's (`host`)
     entrypoint: str | None = None        # --entrypoint: replaces the image's ("" clears it)
-    upper_dir: str | None = None         # the writable layer kept on disk there (build, ps -a)
+    keep_dir: str | None = None          # the writable layer is copied there at the end
     volumes: tuple[Volume, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     workdir: str | None = None           # None: the image's WorkingDir, else /

@@ -1,9 +1,10 @@
 """`nsmagic build`: a Dockerfile into an image, one instruction at a time.
 
 Every instruction turns the current image (a manifest in the store) into the next one:
-- RUN runs in an nsmagic container on the current image's layers, with its writable layer
-  on disk (RootPlan.upper_dir); what it wrote becomes the next layer, its deletions
-  whiteouts (layerdiff.py); a RUN that wrote nothing makes no layer;
+- RUN runs in an nsmagic container on the current image's layers; its writable layer is
+  copied into the store when it exits (RootPlan.keep_dir, inside/keep.py), and what it
+  wrote becomes the next layer, its deletions whiteouts (layerdiff.py); a RUN that wrote
+  nothing makes no layer;
 - COPY and ADD make a layer from the build context directly, with no container;
 - ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, CMD, ENTRYPOINT change only the config: no layer.
 
@@ -222,11 +223,9 @@ class Builder:
         from ..spec import Spec
         stage = self.store.staging("run-")
         try:
-            os.mkdir(os.path.join(stage, "upper"), 0o755)
-            os.mkdir(os.path.join(stage, "work"), 0o700)
             env = state.env()
             spec = Spec(command=tuple(ins.command()), image=state.image.manifest_digest,
-                        entrypoint="", network=self.options.network, upper_dir=stage,
+                        entrypoint="", network=self.options.network, keep_dir=stage,
                         env=tuple((k, v) for k, v in state.args.items() if k not in env))
             self.say(" ---> Running in a container")
             self.containers += 1
@@ -234,7 +233,12 @@ class Builder:
             if result.exit_code != 0:
                 raise DockerfileError(f"RUN exited with {result.exit_code}"
                                       f"{': ' + result.error if result.error else ''}.")
-            layer = self._layer_of(os.path.join(stage, "upper"), ins.source)
+            upper = os.path.join(stage, "upper")
+            if not os.path.isdir(upper):
+                why = f": {result.error}" if result.error else ""
+                raise DockerfileError(f"the RUN container's writable layer was not kept (it "
+                                      f"was stopped{why}).")
+            layer = self._layer_of(upper, ins.source)
         finally:
             st.remove(stage)
         return self._commit(state, ins, layer)

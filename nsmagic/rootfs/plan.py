@@ -64,7 +64,7 @@ def plan(spec: Spec, rootless: bool, image_layers: tuple[str, ...] | None = None
     dirs = () if own_root else tuple(Dir(path, mode) for path, mode in EMPTY_DIRS.items())
     return RootPlan(tuple(layers), tuple(links), dirs, tuple(binds), spec.read_only,
                     storage=spec.storage, hidden=() if own_root else _hidden(spec, rootless),
-                    resolv_conf=_resolv_conf(), upper_dir=spec.upper_dir or "")
+                    resolv_conf=_resolv_conf(), keep_dir=spec.keep_dir or "")
 
 
 def _hidden(spec: Spec, rootless: bool) -> tuple[str, ...]:
