@@ -68,7 +68,7 @@ def run(argv: list[str]) -> int:
     forkserver.use_in_process()   # this process is small and single-threaded
     signal.signal(signal.SIGINT, signal.default_int_handler)   # now a stop has work to do
     try:
-        result = core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
+        result = _run(spec)
     except core.Interrupted as stop:
         result = stop.result
         how = (f"stopped with {result.stopped_by}" if result.stopped_by else
@@ -87,6 +87,18 @@ def run(argv: list[str]) -> int:
     return result.exit_code if result.exit_code is not None else EXIT_SETUP
 
 
+def _run(spec):
+    """core.run, or for a container that stays (see images.containers) the same run kept."""
+    from . import core
+    if spec.unconfined or spec.rm or not (spec.image or spec.keep or spec.name):
+        return core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
+    from .images import containers
+    if not containers.should_keep(spec, cli=True):
+        return core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
+    return containers.run_kept(spec, core.run, out=sys.stdout.buffer,
+                               err=sys.stderr.buffer)[0]
+
+
 def info(argv: list[str]) -> int:
     parser = _parser("nsmagic info", "what this machine can do")
     parser.add_argument("--json", action="store_true", help="print it as JSON")
@@ -102,7 +114,12 @@ def info(argv: list[str]) -> int:
 
 
 def ps(argv: list[str]) -> int:
-    _parser("nsmagic ps", "every running nsmagic container on this machine").parse_args(argv)
+    parser = _parser("nsmagic ps", "every running nsmagic container on this machine")
+    parser.add_argument("-a", "--all", action="store_true",
+                        help="also the containers that exited and stay (until rm)")
+    if parser.parse_args(argv).all:
+        from .images.commands import ps_all
+        return ps_all([])
     from .ps import table
     print(table())
     return 0
@@ -131,9 +148,9 @@ def build(argv: list[str]) -> int:
 
 
 COMMANDS = {"run": run, "info": info, "ps": ps, "build": build,
-            **{name: _image_command(name) for name in ("images", "image", "rmi", "tag",
-                                                       "inspect", "history", "load",
-                                                       "save")}}
+            **{name: _image_command(name) for name in (
+                "images", "image", "rmi", "tag", "inspect", "history", "load", "save",
+                "container", "rm", "diff", "commit", "logs")}}
 
 USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
        nsmagic run [options] [--json] IMAGE [COMMAND [ARG...]]
@@ -143,6 +160,8 @@ USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
        nsmagic image ls|rm|tag|inspect|history|prune|load|save
        nsmagic load [-i FILE] | save [-o FILE] IMAGE...
        nsmagic build -t NAME [-f FILE] [--build-arg K=V] [--no-cache] DIR
+       nsmagic ps -a | rm CONTAINER... | diff CONTAINER | commit CONTAINER NAME | logs CONTAINER
+       nsmagic container ls|rm|prune|inspect|diff|commit|logs
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.

@@ -75,8 +75,7 @@ class ContainerMagics(Magics):
                 return self._explain(reason, spec)
         view = self._live_view(spec) if spec.plot and _in_kernel() else None
         try:
-            result = core.run(spec, out=sys.stdout, err=sys.stderr,
-                              on_sample=view.update if view else None)
+            result = _run(spec, on_sample=view.update if view else None)
         except core.Interrupted as stop:
             self._keep(stop.result, spec)
             if view:
@@ -177,6 +176,10 @@ class ContainerMagics(Magics):
             print(report(gather()))
             return
         if words[0] == "ps":
+            if "-a" in words[1:] or "--all" in words[1:]:
+                from .images.commands import ps_all
+                ps_all([])
+                return
             from .ps import table
             print(table())
             return
@@ -220,7 +223,17 @@ class ContainerMagics(Magics):
             print("no nsmagic container is running on this machine.")
 
 
-IMAGE_COMMANDS = ("images", "image", "rmi", "tag", "inspect", "history", "load", "save")
+def _run(spec: Spec, on_sample):
+    """core.run; a cell with --name or --keep stays after it exits (images.containers)."""
+    if not (spec.keep or spec.name is not None) or spec.rm:
+        return core.run(spec, out=sys.stdout, err=sys.stderr, on_sample=on_sample)
+    from .images import containers
+    return containers.run_kept(spec, core.run, out=sys.stdout, err=sys.stderr,
+                               on_sample=on_sample)[0]
+
+
+IMAGE_COMMANDS = ("images", "image", "rmi", "tag", "inspect", "history", "load", "save",
+                  "container", "rm", "diff", "commit", "logs")
 
 
 def _image_command(line: str) -> None:
@@ -238,7 +251,8 @@ def _image_command(line: str) -> None:
 HELP = build_parser(_MagicParser).format_help() + """
 Line magic:
   %container info     what this machine can do (kernel, cgroups, namespaces, overlayfs)
-  %container ps       every running nsmagic container on this machine, like `docker ps`
+  %container ps       every running nsmagic container on this machine, like `docker ps`;
+                      -a also the ones that exited and stay (cells with --name or --keep)
   %container stats    a live plot for each of them until interrupted (--seconds N to stop)
   %container run [options] IMAGE [COMMAND...]   an image's own command, as `docker run`
   %container images   the images in the store (also rmi, tag, inspect, history, load, save,

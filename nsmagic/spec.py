@@ -18,7 +18,7 @@ DEFAULT_STORAGE = 1 << 30  # bytes a run may write to its root, as --storage-opt
 VOLUME_OPTIONS = ("ro", "rw", "dev", "suid")
 # Spec fields that shape one run's handling, not its container (see Spec.container_part).
 PER_RUN = ("script", "timeout", "raise_error", "strict", "name", "out_var", "err_var", "plot",
-           "interval", "profile")
+           "interval", "profile", "rm", "keep")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -72,6 +72,8 @@ class Spec:
     image: str | None = None             # an image of the store; None: the host's (`host`)
     entrypoint: str | None = None        # --entrypoint: replaces the image's ("" clears it)
     keep_dir: str | None = None          # the writable layer is copied there at the end
+    rm: bool = False                     # --rm: the container does not stay after it exits
+    keep: bool = False                   # --keep: it stays (ps -a, diff, commit, logs)
     volumes: tuple[Volume, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     workdir: str | None = None           # None: the image's WorkingDir, else /
@@ -138,6 +140,8 @@ class Spec:
             rootfs=args.rootfs,
             image=None if args.image in (None, "host") else args.image,
             entrypoint=args.entrypoint,
+            rm=args.rm,
+            keep=args.keep,
             volumes=tuple(_parse_volume(v) for v in args.volume),
             env=tuple(_parse_env(e) for e in args.env),
             workdir=args.workdir,
@@ -303,6 +307,11 @@ def _check_variable_names(spec: Spec):
             raise SpecError(f"{flag} {var!r} is not a Python variable name.")
 
 
+def _check_keep(spec: Spec):
+    if spec.rm and spec.keep:
+        raise SpecError("--rm and --keep contradict each other; keep one.")
+
+
 def _check_name(spec: Spec):
     if spec.name is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", spec.name):
         raise SpecError(f"--name {spec.name!r} is not a valid name; use letters, digits, '_', "
@@ -310,7 +319,7 @@ def _check_name(spec: Spec):
 
 
 CHECKS = [_check_rootfs, _check_image, _check_hostname, _check_network, _check_workdir,
-          _check_timeout, _check_interval, _check_variable_names, _check_name]
+          _check_timeout, _check_interval, _check_variable_names, _check_name, _check_keep]
 
 
 def validate(spec: Spec) -> Spec:
@@ -385,7 +394,11 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     p.add_argument("-u", "--user", metavar="UID[:GID]", help="run as this user inside")
     p.add_argument("--timeout", type=_float_arg("--timeout"), metavar="SECONDS",
                    help="kill the container after this long")
-    p.add_argument("--name", metavar="NAME", help="a name for the run")
+    p.add_argument("--name", metavar="NAME", help="a name for the container (it then stays "
+                   "after it exits: ps -a, diff, commit, logs, rm)")
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits "
+                   "(on the CLI an image's container stays otherwise, as Docker's)")
+    p.add_argument("--keep", action="store_true", help="keep the container after it exits")
     if face == "cell":
         p.add_argument("--no-raise-error", action="store_true",
                        help="do not raise ContainerError when the program exits non-zero")

@@ -151,7 +151,101 @@ def build(argv: list[str], dockerfile_text: str | None = None, out=None, err=Non
     return 0
 
 
+# --- containers that stay
+
+
+def ps_all(argv: list[str]) -> int:
+    from . import containers
+    _parser("ps -a", "every container, running or exited and kept").parse_args(argv)
+    print(views.containers_table(containers.records(Store())))
+    return 0
+
+
+def rm(argv: list[str]) -> int:
+    from . import containers
+    p = _parser("rm", "remove containers that stay (their record, log and writable layer)")
+    p.add_argument("-f", "--force", action="store_true", help="even one marked running")
+    p.add_argument("names", nargs="+", metavar="CONTAINER")
+    args = p.parse_args(argv)
+    store = Store()
+    for text in args.names:
+        containers.remove(store, containers.find(store, text), args.force)
+        print(text)
+    return 0
+
+
+def container_prune(argv: list[str]) -> int:
+    from . import containers
+    p = _parser("container prune", "remove every container that has exited")
+    p.add_argument("-f", "--force", action="store_true", help="(no prompt is asked anyway)")
+    p.parse_args(argv)
+    store = Store()
+    gone = [r for r in containers.records(store) if not r.running]
+    for record in gone:
+        containers.remove(store, record)
+        print(f"Deleted: {record.id}")
+    print(f"Deleted {len(gone)} container(s)")
+    return 0
+
+
+def diff(argv: list[str]) -> int:
+    from . import inspection
+    p = _parser("diff", "what a container changed in its image: A added, C changed, "
+                "D deleted")
+    p.add_argument("name", metavar="CONTAINER")
+    args = p.parse_args(argv)
+    for change in inspection.container_changes(Store().ensure(), args.name):
+        print(f"{change.kind} {change.path}")
+    return 0
+
+
+def commit(argv: list[str]) -> int:
+    from . import inspection
+    p = _parser("commit", "a new image from a container's changes (its writable layer on "
+                "top of its image)")
+    p.add_argument("name", metavar="CONTAINER")
+    p.add_argument("image", metavar="NAME", nargs="?")
+    p.add_argument("-m", "--message", default="", help="a comment for its history")
+    args = p.parse_args(argv)
+    image = inspection.commit(Store().ensure(), args.name, args.image, args.message)
+    print(image.id)
+    return 0
+
+
+def logs(argv: list[str]) -> int:
+    import sys
+
+    from . import containers
+    p = _parser("logs", "what a container printed")
+    p.add_argument("name", metavar="CONTAINER")
+    args = p.parse_args(argv)
+    containers.replay(containers.find(Store(), args.name), sys.stdout, sys.stderr)
+    return 0
+
+
+def container_inspect(argv: list[str]) -> int:
+    from . import containers
+    p = _parser("container inspect", "a container's record, as JSON")
+    p.add_argument("names", nargs="+", metavar="CONTAINER")
+    args = p.parse_args(argv)
+    store = Store()
+    print(json.dumps([containers.find(store, n).data for n in args.names], indent=4))
+    return 0
+
+
+def container(argv: list[str]) -> int:
+    """`nsmagic container ls|rm|prune|inspect|diff|commit|logs`."""
+    subs = {"ls": lambda a: ps_all([]), "list": lambda a: ps_all([]), "rm": rm,
+            "prune": container_prune, "inspect": container_inspect, "diff": diff,
+            "commit": commit, "logs": logs}
+    if not argv or argv[0] not in subs:
+        raise SpecError(f"`nsmagic container {argv[0] if argv else ''}` is not known; use "
+                        f"one of {', '.join(sorted(subs))}.")
+    return subs[argv[0]](argv[1:])
+
+
 def commands() -> dict:
     return {"images": images, "image": image, "tag": tag, "rmi": rmi, "inspect": inspect,
-            "history": history, "build": build, **_archive_commands()}
+            "history": history, "build": build, "container": container, "rm": rm,
+            "diff": diff, "commit": commit, "logs": logs, **_archive_commands()}
 

@@ -105,3 +105,14 @@ def inspect(store: Store, image: Image) -> dict:
                     "LayerDirs": [store.path("layers", d.removeprefix("sha256:"), "tree")
                                   for d in image.diff_ids]},
     }
+
+
+def containers_table(records) -> str:
+    """`docker ps -a`'s columns."""
+    rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]]
+    for r in records:
+        command = " ".join(r.data.get("Command") or [])
+        rows.append([r.id[:12], r.data.get("Image") or "-",
+                     '"' + (command[:20] + "…" if len(command) > 20 else command) + '"',
+                     ago(r.data.get("Created")), r.status(), r.name])
+    return columns(rows)
