@@ -82,10 +82,8 @@ def test_layer_views_and_wasted_bytes(store):
     assert [v.wasted for v in views] == [0, 10, 0]
 
 
-def test_magic_cell_stays_only_when_named(store, no_leaks):
-    from IPython.testing.globalipapp import start_ipython
-    ip = start_ipython()
-    ip.run_line_magic("load_ext", "nsmagic")
+def test_magic_cell_stays_only_when_named(store, ipython, no_leaks):
+    ip = ipython
     ip.run_cell_magic("container", "--image busybox --no-plot sh", "echo plain")
     assert kept(store) == []
     ip.run_cell_magic("container", "--image busybox --no-plot --name cell sh",

@@ -10,11 +10,8 @@ pytestmark = [pytest.mark.kernel, needs_root, pytest.mark.usefixtures("no_leaks"
 
 
 @pytest.fixture(scope="module")
-def ip():
-    from IPython.testing.globalipapp import start_ipython
-    shell = start_ipython()
-    shell.run_line_magic("load_ext", "nsmagic")
-    return shell
+def ip(ipython):
+    return ipython
 
 
 def test_build_run_and_list_from_cells(ip, store, tmp_path, monkeypatch, capsys):

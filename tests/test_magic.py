@@ -10,11 +10,8 @@ pytestmark = [pytest.mark.kernel, needs_root, pytest.mark.usefixtures("no_leaks"
 
 
 @pytest.fixture(scope="module")
-def ip():
-    from IPython.testing.globalipapp import start_ipython
-    shell = start_ipython()
-    shell.run_line_magic("load_ext", "nsmagic")
-    return shell
+def ip(ipython):
+    return ipython
 
 
 def test_cell_runs_python_in_the_container(ip, capsys):
