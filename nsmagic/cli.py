@@ -150,7 +150,8 @@ def build(argv: list[str]) -> int:
 COMMANDS = {"run": run, "info": info, "ps": ps, "build": build,
             **{name: _image_command(name) for name in (
                 "images", "image", "rmi", "tag", "inspect", "history", "load", "save",
-                "container", "rm", "diff", "commit", "logs")}}
+                "container", "rm", "diff", "commit", "logs", "pull", "push", "login",
+                "logout")}}
 
 USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
        nsmagic run [options] [--json] IMAGE [COMMAND [ARG...]]
@@ -162,6 +163,7 @@ USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
        nsmagic build -t NAME [-f FILE] [--build-arg K=V] [--no-cache] DIR
        nsmagic ps -a | rm CONTAINER... | diff CONTAINER | commit CONTAINER NAME | logs CONTAINER
        nsmagic container ls|rm|prune|inspect|diff|commit|logs
+       nsmagic pull|push [--insecure] REGISTRY/NAME[:TAG] | login REGISTRY -u USER --password-stdin
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.

@@ -233,7 +233,7 @@ def _run(spec: Spec, on_sample):
 
 
 IMAGE_COMMANDS = ("images", "image", "rmi", "tag", "inspect", "history", "load", "save",
-                  "container", "rm", "diff", "commit", "logs")
+                  "container", "rm", "diff", "commit", "logs", "pull", "push")
 
 
 def _image_command(line: str) -> None:

@@ -244,8 +244,68 @@ def container(argv: list[str]) -> int:
     return subs[argv[0]](argv[1:])
 
 
+# --- registries
+
+
+def pull(argv: list[str]) -> int:
+    from . import registry
+    p = _parser("pull", "an image from a registry (OCI distribution API); its platform's "
+                "image from a multi-platform one")
+    p.add_argument("name", metavar="REGISTRY/NAME[:TAG|@DIGEST]")
+    p.add_argument("--insecure", action="store_true",
+                   help="plain HTTP (only to a registry on loopback)")
+    args = p.parse_args(argv)
+    image = registry.pull(args.name, args.insecure)
+    from .reference import parse
+    print(f"Digest: {image.manifest_digest}\nStatus: downloaded {parse(args.name).name}")
+    return 0
+
+
+def push(argv: list[str]) -> int:
+    from . import registry
+    p = _parser("push", "an image to the registry its name names")
+    p.add_argument("name", metavar="REGISTRY/NAME[:TAG]")
+    p.add_argument("--insecure", action="store_true",
+                   help="plain HTTP (only to a registry on loopback)")
+    args = p.parse_args(argv)
+    registry.push(args.name, args.insecure)
+    return 0
+
+
+def login(argv: list[str]) -> int:
+    import sys
+
+    from . import registry
+    p = _parser("login", "check and keep credentials for a registry (~/.config/nsmagic, "
+                "mode 0600)")
+    p.add_argument("registry", metavar="REGISTRY")
+    p.add_argument("-u", "--username", required=True)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from "
+                   "stdin (the only way: a password on the command line is seen by ps)")
+    p.add_argument("--insecure", action="store_true")
+    args = p.parse_args(argv)
+    if not args.password_stdin:
+        raise SpecError("give the password on stdin: echo ... | nsmagic login REGISTRY -u "
+                        "USER --password-stdin.")
+    registry.login(args.registry, args.username, sys.stdin.readline().rstrip("\n"),
+                   args.insecure)
+    print("Login Succeeded")
+    return 0
+
+
+def logout(argv: list[str]) -> int:
+    from . import registry
+    p = _parser("logout", "forget the credentials for a registry")
+    p.add_argument("registry", metavar="REGISTRY")
+    args = p.parse_args(argv)
+    print(f"Removing login credentials for {args.registry}" if registry.logout(args.registry)
+          else f"Not logged in to {args.registry}")
+    return 0
+
+
 def commands() -> dict:
     return {"images": images, "image": image, "tag": tag, "rmi": rmi, "inspect": inspect,
             "history": history, "build": build, "container": container, "rm": rm,
-            "diff": diff, "commit": commit, "logs": logs, **_archive_commands()}
+            "diff": diff, "commit": commit, "logs": logs, "pull": pull, "push": push,
+            "login": login, "logout": logout, **_archive_commands()}
 
