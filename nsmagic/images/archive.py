@@ -150,7 +150,7 @@ def _docker_images(archive: _Archive, store: st.Store, say) -> list:
         config = json.loads(config_bytes)
         config_desc = store.put_bytes(config_bytes, st.CONFIG)
         layers = [_layer_blob(archive, store, p, say) for p in entry.get("Layers") or []]
-        manifest = _manifest(store, config_desc, layers, config)
+        manifest = _manifest(store, config_desc, layers, config, say)
         names = [_local_name(t) for t in entry.get("RepoTags") or []]
         found.append((names, manifest))
     return found
@@ -175,6 +175,9 @@ def _oci_images(archive: _Archive, store: st.Store, say) -> list:
         manifest = _resolve_platform(archive, store, st.Descriptor.from_json(desc))
         for blob in [manifest["config"], *manifest.get("layers", [])]:
             _copy_blob(archive, store, st.Descriptor.from_json(blob), say)
+        config = store.read_json(manifest["config"]["digest"])
+        blobs = [st.Descriptor.from_json(d) for d in manifest.get("layers", [])]
+        _unpack(store, blobs, config, say)
         found.append((_oci_names(desc), _put_manifest(archive, store, desc, manifest)))
     return found
 
@@ -237,14 +240,23 @@ def _local_name(name: str) -> str:
     return reference.parse(name).name
 
 
-def _manifest(store: st.Store, config: st.Descriptor, layers: list[st.Descriptor],
-              config_json: dict) -> st.Descriptor:
+def _unpack(store: st.Store, layers: list[st.Descriptor], config_json: dict, say) -> None:
+    """Every layer unpacked now (so checked against its diff_id now), what the unpacker
+    skipped or changed said."""
     diff_ids = (config_json.get("rootfs") or {}).get("diff_ids") or []
     if len(diff_ids) != len(layers):
         raise ArchiveError(f"the archive's image lists {len(layers)} layers and its config "
                            f"{len(diff_ids)}; it is damaged.")
-    for diff_id, blob in zip(diff_ids, layers):   # unpacked now: verified now
-        store.layer_tree(diff_id, blob)
+    notices: list[str] = []
+    for diff_id, blob in zip(diff_ids, layers):
+        store.layer_tree(diff_id, blob, notices)
+    for notice in notices:
+        say(notice)
+
+
+def _manifest(store: st.Store, config: st.Descriptor, layers: list[st.Descriptor],
+              config_json: dict, say) -> st.Descriptor:
+    _unpack(store, layers, config_json, say)
     return store.put_json({"schemaVersion": 2, "mediaType": st.MANIFEST,
                            "config": config.to_json(),
                            "layers": [d.to_json() for d in layers]}, st.MANIFEST)

@@ -37,8 +37,9 @@ To get here, nsmagic:
     of an overlay file system, with a fresh, empty writable layer on top;
  3. cloned a PID 1 into new pid, mount, uts, ipc and network namespaces, in a cgroup of
     its own, which pivoted into that overlay root and started /hello;
- 4. streamed /hello's output to you; when /hello exited, PID 1 exited with it, and
-    the namespaces, the cgroup and the writable layer went with them.
+ 4. streamed /hello's output to you. When /hello exited, PID 1 and its namespaces
+    went with it; the container's record and writable layer stay when it is kept
+    (nsmagic run keeps it unless --rm): nsmagic ps -a lists them.
 
 Something with more in it:
     nsmagic run busybox sh -c 'echo I am PID $$ on $(hostname); ps'

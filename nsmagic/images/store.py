@@ -109,6 +109,14 @@ class Store:
     # --- layout
 
     def ensure(self) -> Store:
+        try:
+            return self._ensure()
+        except OSError as err:
+            raise NsmagicError(f"cannot make the image store at {self.root}: "
+                               f"{(err.strerror or str(err)).lower()}; set NSMAGIC_STORE (or "
+                               "XDG_DATA_HOME) to a directory of yours.") from None
+
+    def _ensure(self) -> Store:
         if not os.path.isdir(os.path.join(self.root, "blobs", "sha256")):
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             for sub in ("blobs/sha256", "layers", "containers", "tmp"):

@@ -279,7 +279,7 @@ def _overlay(fds: _Fds, stack: list[Layer], path: str, root: Root | None, index:
     lower = ":".join(fd_path(fds[each.source]) for each in stack)
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
     if kept:   # the upper is read back as a layer: a renamed directory must be copied up
-        options += ",redirect_dir=off"   # whole, not recorded as a redirect xattr
+        options += ",redirect_dir=nofollow"   # whole, not recorded as a redirect xattr
     if rootless:
         options += ",userxattr"   # trusted.* xattrs are root's; a user namespace uses user.*
     # nodev: a device node in an image opens nothing; nosuid: set-id bits mean nothing.
