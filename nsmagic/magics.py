@@ -187,6 +187,8 @@ class ContainerMagics(Magics):
             return self._stats(words[1:])
         if words[0] in IMAGE_COMMANDS:
             return _image_command(line)
+        if words[0] == "layers":
+            return _layers(words[1:])
         if words[0] == "run":
             return self._run(self._image_spec(line.split(None, 1)[1] if words[1:] else ""),
                              line)
@@ -236,6 +238,28 @@ IMAGE_COMMANDS = ("images", "image", "rmi", "tag", "inspect", "history", "load",
                   "container", "rm", "diff", "commit", "logs", "pull", "push")
 
 
+def _layers(words: list[str]):
+    """%container layers IMAGE [CONTAINER]: the layer stack drawn (a PNG, kept in a saved
+    notebook); %container layers IMAGE N: layer N's files."""
+    from IPython.display import Image as PNG
+    from IPython.display import display
+
+    from .images import catalog, draw
+    from .images.store import Store
+    if not words:
+        raise UsageError("%container layers IMAGE [CONTAINER | N]")
+    store = Store().ensure()
+    image = catalog.find(words[0], store)
+    if len(words) > 1 and words[1].isdigit():
+        print(draw.layer_table(store, image, int(words[1])))
+        return
+    import io
+    fig = draw.layer_stack(store, image, words[1] if len(words) > 1 else None)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    display(PNG(buf.getvalue()))
+
+
 def _image_command(line: str) -> None:
     """The CLI's image commands, same words, same output."""
     import shlex
@@ -256,7 +280,8 @@ Line magic:
   %container stats    a live plot for each of them until interrupted (--seconds N to stop)
   %container run [options] IMAGE [COMMAND...]   an image's own command, as `docker run`
   %container images   the images in the store (also rmi, tag, inspect, history, load, save,
-                      image prune), as the nsmagic CLI and Docker have them
+                      image prune, pull, push, rm, diff, commit, logs), as the CLI has them
+  %container layers IMAGE [CONTAINER]   the layer stack drawn; IMAGE N: layer N's files
 
 The last run's result is `_container` (exit_code, oom_killed, memory_peak, cpu_s, ...).
 """

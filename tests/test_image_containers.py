@@ -91,3 +91,18 @@ def test_magic_cell_stays_only_when_named(store, ipython, no_leaks):
     record, = kept(store)
     assert record.name == "cell" and open(os.path.join(record.upper, "kept")).read() == \
         "kept\n"
+
+
+def test_layer_stack_drawn_and_listed(store, no_leaks):
+    from nsmagic.images import draw
+    name = layered(store)
+    image = catalog.find(name, store)
+    fig = draw.layer_stack(store, image)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts[2] == "1: RUN one" and texts[-1].startswith("thin writable layer")
+    assert len(fig.axes[0].patches) == 4                  # 3 layers and the writable one
+    table = nsmagic("image", "layers", name).stdout.splitlines()
+    assert table[0].split() == ["LAYER", "SIZE", "WASTED", "ENTRIES", "CREATED", "BY"]
+    assert table[2].split()[:3] == ["1", "10B", "10B"]
+    one = nsmagic("image", "layers", name, "2").stdout
+    assert "1 added, 3 changed, 1 deleted" in one and "D   /data/a" in one

@@ -87,6 +87,28 @@ def history(argv: list[str]) -> int:
     return 0
 
 
+def layers(argv: list[str]) -> int:
+    """`nsmagic image layers IMAGE [N]`: each layer's size and waste, or layer N's files."""
+    from . import draw, inspection
+    p = _parser("image layers", "an image's layers: sizes and waste, or one layer's files "
+                "(A added, C changed, D deleted)")
+    p.add_argument("name", metavar="IMAGE")
+    p.add_argument("index", metavar="N", type=int, nargs="?")
+    args = p.parse_args(argv)
+    store = Store().ensure()
+    image = catalog.find(args.name, store)
+    if args.index is not None:
+        print(draw.layer_table(store, image, args.index))
+        return 0
+    rows = [["LAYER", "SIZE", "WASTED", "ENTRIES", "CREATED BY"]]
+    for layer in inspection.layers(store, image):
+        rows.append([str(layer.index), views.human_size(layer.size),
+                     views.human_size(layer.wasted), str(len(layer.entries)),
+                     " ".join(layer.created_by.split())[:60]])
+    print(views.columns(rows))
+    return 0
+
+
 def prune(argv: list[str]) -> int:
     p = _parser("image prune", "remove layers and blobs that no image or container uses")
     p.add_argument("-f", "--force", action="store_true", help="(no prompt is asked anyway)")
@@ -101,7 +123,7 @@ def prune(argv: list[str]) -> int:
 def image(argv: list[str]) -> int:
     """`nsmagic image ls|rm|tag|inspect|history|prune|load|save`, as `docker image ...`."""
     subs = {"ls": images, "list": images, "rm": rmi, "tag": tag, "inspect": inspect,
-            "history": history, "prune": prune, **_archive_commands()}
+            "history": history, "prune": prune, "layers": layers, **_archive_commands()}
     if not argv or argv[0] not in subs:
         raise SpecError(f"`nsmagic image {argv[0] if argv else ''}` is not known; use one of "
                         f"{', '.join(sorted(subs))}.")
