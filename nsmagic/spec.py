@@ -88,6 +88,7 @@ class Spec:
     network: str = "none"
     rootfs: str | None = None            # None: the host's system directories, read-only
     image: str | None = None             # an image of the store; None: the host's (`host`)
+    store: str | None = None             # that store's directory; None: the default one
     entrypoint: str | None = None        # --entrypoint: replaces the image's ("" clears it)
     keep_dir: str | None = None          # the writable layer is copied there at the end
     rm: bool = False                     # --rm: the container does not stay after it exits

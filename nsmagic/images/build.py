@@ -225,6 +225,7 @@ class Builder:
         try:
             env = state.env()
             spec = Spec(command=tuple(ins.command()), image=state.image.manifest_digest,
+                        store=self.store.root,
                         entrypoint="", network=self.options.network, keep_dir=stage,
                         env=tuple((k, v) for k, v in state.args.items() if k not in env))
             self.say(" ---> Running in a container")

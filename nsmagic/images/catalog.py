@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 from ..errors import NsmagicError
-from . import builtin, reference
+from . import reference
 from .store import Image, ImageNotFound, Store
+
+HOST, SCRATCH = "host", "scratch"
+BUILTIN = ("hello-world", "busybox")   # made by builtin.py, imported only to make one
 
 
 def find(text: str, store: Store | None = None) -> Image:
     """The image named `text` (a name, an id or a unique id prefix)."""
     store = store or Store()
-    if text == builtin.HOST:
+    if text == HOST:
         raise NsmagicError("host is the host's own /usr, /etc and /opt, not an image in the "
                            "store; it is what a run uses when no image is named.")
     image = store.find(text)
@@ -20,11 +23,12 @@ def find(text: str, store: Store | None = None) -> Image:
     if _is_manifest_digest(text, store):   # an image a build made on its way (no name)
         return store.image(text)
     ref = reference.parse(text)
-    if text == builtin.SCRATCH or ref.name == "scratch:latest":
+    if text == SCRATCH or ref.name == "scratch:latest":
         raise NsmagicError("scratch is the empty image, for FROM scratch in a Dockerfile; "
                            "there is nothing in it to run.")
     if not ref.registry and not ref.digest and ref.tag == reference.DEFAULT_TAG \
-            and builtin.is_builtin(ref.repository):
+            and ref.repository in BUILTIN:
+        from . import builtin
         with store.locked():   # two runs asking at once make it once
             image = store.find(text)
             if image is None:

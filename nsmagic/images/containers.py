@@ -260,7 +260,7 @@ def run_kept(spec, run, out=None, err=None, **kw):
     PID 1's keeper, its end recorded. Returns (result, record)."""
     from . import runimage
     from .store import Store
-    store = Store().ensure()
+    store = Store(spec.store).ensure()
     image = runimage.for_spec(spec, store)
     record = create(store, spec, image)
     spec = spec.replace(keep_dir=record.dir, hostname=spec.hostname or record.id[:12])

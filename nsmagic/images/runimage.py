@@ -38,7 +38,7 @@ def for_spec(spec, store: Store | None = None) -> ImageRun | None:
     """None for the default root (the host's directories) or --rootfs."""
     if spec.image is None:
         return None
-    store = store or Store()
+    store = store or Store(spec.store)
     image = catalog.find(spec.image, store)
     diff_ids, blobs = image.diff_ids, image.layers
     if len(diff_ids) != len(blobs):

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 from ..errors import NsmagicError
-from . import reference, unpack
+from . import reference
+
+# gzip, shutil, tempfile and the unpacker are imported where used: a run on an image that is
+# already unpacked (the common case, and a cold CLI's) needs none of them.
 
 NAME_KEY = "io.nsmagic.image.name"
 REF_KEY = "org.opencontainers.image.ref.name"
@@ -156,6 +156,7 @@ class Store:
 
     def staging(self, prefix: str = "stage-") -> str:
         """A directory in tmp/, named for this process (prune leaves a live one's alone)."""
+        import tempfile
         self.ensure()
         return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=self.path("tmp"))
 
@@ -185,6 +186,7 @@ class Store:
     def put_stream(self, stream, media_type: str, expect: str | None = None) -> Descriptor:
         """Copy `stream` into a blob, hashing on the way; with `expect`, a digest that
         differs is refused and nothing is kept."""
+        import tempfile
         self.ensure()
         h, size = hashlib.sha256(), 0
         fd, tmp = tempfile.mkstemp(dir=self.path("tmp"), prefix=f"blob-{os.getpid()}-")
@@ -328,6 +330,7 @@ class Store:
         return os.path.join(done, "tree")
 
     def _unpack(self, diff_id: str, blob: Descriptor, done: str) -> list[str]:
+        from . import unpack
         stage = self.staging("layer-")
         try:
             os.mkdir(os.path.join(stage, "tree"), 0o755)
@@ -442,6 +445,7 @@ def decompressed(raw):
     """gzip, zstd or plain, told by the first bytes (a media type may say otherwise)."""
     head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""
     if head[:2] == GZIP_MAGIC:
+        import gzip
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if head == ZSTD_MAGIC:
         try:
@@ -482,6 +486,7 @@ def remove(path: str) -> None:
             os.chmod(target, 0o700)
         func(target)
     if os.path.isdir(path) and not os.path.islink(path):
+        import shutil
         shutil.rmtree(path, onerror=retry)
     elif os.path.lexists(path):
         os.unlink(path)
