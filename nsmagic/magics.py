@@ -107,11 +107,27 @@ class ContainerMagics(Magics):
         if len(words) < 2 or words[0] != "build":
             raise UsageError("%%image build NAME: the cell is the Dockerfile, the context "
                              "the notebook's folder.")
+        if self.when_unavailable == "explain":
+            reason = self._unavailable(Spec())
+            if reason:
+                return self._explain(reason, Spec())
         try:
-            build(["-t", words[1], *words[2:], os.getcwd()], dockerfile_text=cell,
-                  out=sys.stdout, err=sys.stderr)
+            self._softly(build, ["-t", words[1], *words[2:], os.getcwd()],
+                         dockerfile_text=cell, out=sys.stdout, err=sys.stderr)
         except SpecError as err:
             raise UsageError(str(err)) from None
+
+    def _softly(self, fn, *args, **kwargs):
+        """An image command; where the host cannot run containers and the notebook asked to
+        be told why (when_unavailable = "explain"), its failure is said, not raised: an
+        image a cell could not build is missing for the cells after it."""
+        try:
+            return fn(*args, **kwargs)
+        except NsmagicError as err:
+            if (self.when_unavailable != "explain" or isinstance(err, SpecError)
+                    or not self._unavailable(Spec())):
+                raise
+            print(f"nsmagic: {err}")
 
     def _spec(self, line: str, cell: str) -> Spec:
         """The cell's options; what it does not say comes from %config."""
@@ -186,9 +202,9 @@ class ContainerMagics(Magics):
         if words[0] == "stats":
             return self._stats(words[1:])
         if words[0] in IMAGE_COMMANDS:
-            return _image_command(line)
+            return self._softly(_image_command, line)
         if words[0] == "layers":
-            return _layers(words[1:])
+            return self._softly(_layers, words[1:])
         if words[0] == "run":
             return self._run(self._image_spec(line.split(None, 1)[1] if words[1:] else ""),
                              line)

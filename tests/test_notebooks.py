@@ -26,7 +26,7 @@ nbformat = pytest.importorskip("nbformat")
 
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 NAMES = ["01-namespaces.ipynb", "02-cgroups.ipynb", "03-union-filesystems.ipynb",
-         "04-security.ipynb"]
+         "04-security.ipynb", "05-images-and-layers.ipynb"]
 DEGRADED = os.path.join(REPO, "tests", "notebooks_degraded")
 NOBODY = 65534
 CELL_TIMEOUT = 300
@@ -225,6 +225,33 @@ def test_security_capabilities_seccomp_masks_secrets_devices_and_the_user_namesp
     userns = text_of(cell_containing(nb, "def as_nobody(script)"))
     assert "uid=0(root)" in userns and "0      65534          1" in userns
     assert any(line.split()[:2] == ["nobody", "65534"] for line in userns.splitlines()), userns
+
+
+@pytest.mark.kernel
+def test_images_hello_build_layers_whiteouts_thin_layer_registry(executed):
+    nb = executed("05-images-and-layers.ipynb")
+    assert text_of(cell(nb, "%container run --no-plot hello-world")).startswith(
+        "Hello from nsmagic!")
+    first, again = (text_of(c) for c in code_cells(nb) if c.source.startswith("%%image build"))
+    assert "Successfully tagged course-demo:latest" in first and "Using cache" not in first
+    assert again.count(" ---> Using cache") == 6
+    stack, = (c for c in code_cells(nb) if c.source == "%container layers course-demo")
+    assert len(pngs(stack)) == 1
+    layer = text_of(cell(nb, "%container layers course-demo 2"))
+    assert "0 added, 2 changed, 2 deleted" in layer and "D   /app/big" in layer
+    tar = text_of(cell(nb, "import stat, tarfile"))
+    assert "app/.wh.big          whiteout" in tar and "a 0:0 character device" in tar
+    assert "65536 bytes of it" in tar
+    assert text_of(cell(nb, "%container diff {name}")).split("\n")[:5] == [
+        "C /app", "A /app/notes", "D /app/two", "C /etc", "C /etc/passwd"]
+    assert "student" in text_of(cell(nb, "%container commit {name}"))
+    saved = text_of(cell(nb, "%container save -o course-demo.tar"))
+    assert saved.split() == ["index.json", "manifest.json", "oci-layout"]
+    registry = text_of(cell(nb, "import shutil, socket"))
+    if shutil.which("docker-registry"):
+        assert "Status: downloaded 127.0.0.1:" in registry and "hello from a layer" in registry
+    else:
+        assert "No registry here" in registry
 
 
 # --- unprivileged tier: namespaces refused, as on Binder

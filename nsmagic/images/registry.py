@@ -363,7 +363,7 @@ class Progress:
                      or type(self.out).__module__.startswith("ipykernel"))
 
     def update(self, what: str, seen: int, total: int) -> None:
-        if not self.live:
+        if not self.live or total < (1 << 20):   # a small blob: its line when it is done
             return
         now = time.monotonic()
         if now - self.last < 0.1 and seen < total:
