@@ -197,7 +197,7 @@ def _names(outside: str):
 
 
 @hypothesis.settings(max_examples=int(os.environ.get("NSMAGIC_FUZZ_EXAMPLES", "150")),
-                     deadline=None,
+                     deadline=None, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(data=st.data())
 def test_fuzz_unpacker(tmp_path_factory, data):
