@@ -82,3 +82,16 @@ def test_build_as_a_user(nobody_checkout, user_home, tmp_path):
     done = as_user(nobody_checkout, user_home, "build", "-t", "mine", str(ctx))
     assert done.returncode == 0, done.stderr
     assert as_user(nobody_checkout, user_home, "run", "--rm", "mine").stdout == "x\n"
+
+
+def test_host_image_etc_writable_for_a_user(nobody_checkout, user_home):
+    """The default root's /etc, for a user, is a copy the user owns: writable inside, the
+    host's untouched, the host's secrets (unreadable to the user) not in it."""
+    before = open("/etc/hostname").read()
+    done = as_user(nobody_checkout, user_home, "run", "--", "sh", "-c",
+                   "echo changed > /etc/hostname.test && cat /etc/hostname.test; "
+                   "echo x >> /etc/passwd && echo appended; test -e /etc/shadow || echo no-shadow")
+    assert done.stdout.split() == ["changed", "appended", "no-shadow"], done.stderr
+    assert open("/etc/hostname").read() == before and not os.path.exists("/etc/hostname.test")
+    copy, = (user_home / ".local/share/nsmagic/host").iterdir()
+    assert os.stat(copy / "passwd").st_uid == NOBODY

@@ -54,7 +54,8 @@ def plan(spec: Spec, rootless: bool, image_layers: tuple[str, ...] | None = None
                 layers.append(Layer(path, path))
         for sub in HOST_LAYERS:
             if os.path.isdir("/" + sub):
-                layers.append(Layer("/" + sub, "/" + sub))
+                source = _user_etc() if rootless and sub == "etc" else None
+                layers.append(Layer(source or "/" + sub, "/" + sub))
         if spec.is_python_cell:
             for prefix in python_prefixes():
                 binds.append(Bind(prefix, prefix, read_only=True, is_dir=True))
@@ -65,6 +66,14 @@ def plan(spec: Spec, rootless: bool, image_layers: tuple[str, ...] | None = None
     return RootPlan(tuple(layers), tuple(links), dirs, tuple(binds), spec.read_only,
                     storage=spec.storage, hidden=() if own_root else _hidden(spec, rootless),
                     resolv_conf=_resolv_conf(), keep_dir=spec.keep_dir or "")
+
+
+def _user_etc() -> str | None:
+    """For a user, the host's /etc as a copy the user owns (images/hostetc.py): the
+    container's root can then change it, as root's container can change the host's /etc
+    in its own upper layer."""
+    from ..images import hostetc
+    return hostetc.snapshot()
 
 
 def _hidden(spec: Spec, rootless: bool) -> tuple[str, ...]:
