@@ -1,5 +1,6 @@
-"""What the container's root is made of: read-only lower layers, a fresh upper layer per run,
-the Python environment and volumes. plan() runs in the runner; inside/root.py builds it."""
+"""What the container's root is made of: read-only lower layers (the Python environment among
+them), a fresh upper layer per run, and volumes. plan() runs in the runner; inside/root.py
+builds it."""
 
 from __future__ import annotations
 
@@ -51,9 +52,9 @@ def plan(spec: Spec, rootless: bool) -> RootPlan:
         for sub in HOST_LAYERS:
             if os.path.isdir("/" + sub):
                 layers.append(Layer("/" + sub, "/" + sub))
-        if spec.is_python_cell:
-            for prefix in python_prefixes():
-                binds.append(Bind(prefix, prefix, read_only=True, is_dir=True))
+        if spec.is_python_cell:   # a lower layer of its own: `pip install` inside works,
+            for prefix in python_prefixes():   # and goes with the run's upper layer
+                layers.append(Layer(prefix, prefix))
     for v in spec.volumes:
         binds.append(Bind(v.source, v.target, v.read_only, os.path.isdir(v.source), v.dev,
                           v.suid))

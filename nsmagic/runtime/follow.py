@@ -46,25 +46,31 @@ class Follower:
     """One pass over a started run: follow() returns when PID 1 has reported the end and
     every pipe is drained (or PID 1 is gone); samples and stop say what happened."""
 
-    def __init__(self, run, out, err, on_sample=None):
+    def __init__(self, run, out, err, on_sample=None, channel=None):
         self.run, self.on_sample = run, on_sample
         self.samples: list[Usage] = []
         self.stop = Stop()
         self.sel = selectors.DefaultSelector()
         self.sinks: dict[int, Sink] = {}
         pid1 = run.pid1
+        # A Python cell run through IPython (cell/channel.py): its stdout is the channel,
+        # its stdin stays open for the replies to input(); its stderr is the host's own.
+        self.channel = channel
         for pipe, target in ((pid1.stdout, out), (pid1.stderr, err)):
             if pipe is not None:
                 os.set_blocking(pipe.fileno(), False)
-                self.sinks[pipe.fileno()] = Sink(target)
+                self.sinks[pipe.fileno()] = (channel if channel and pipe is pid1.stdout
+                                             else Sink(target))
                 self.sel.register(pipe.fileno(), selectors.EVENT_READ)
         self.sel.register(run.status_fd, selectors.EVENT_READ)
         self.status_open = True
-        self.script = (run.spec.script or "").encode()
+        self.script = (channel.opening(run, out, err) if channel
+                       else (run.spec.script or "").encode())
         self.stdin_fd = pid1.stdin.fileno() if pid1.stdin is not None else None
+        self.feeding, self.fed = False, 0
         if self.stdin_fd is not None:
             os.set_blocking(self.stdin_fd, False)
-            self.sel.register(self.stdin_fd, selectors.EVENT_WRITE)
+            self._feed_again()
         self.pidfd: int | None = None
         timeout = run.spec.timeout
         self.deadline = run.started + timeout if timeout else None
@@ -131,6 +137,10 @@ class Follower:
             if data is not None:
                 sink = self.sinks[fd]
                 sink.write(data)
+                if sink is self.channel and self.channel.outbox:   # an input() answered
+                    self.script = self.script[self.fed:] + self.channel.take_outbox()
+                    self.fed = 0
+                    self._feed_again()
                 if sink.broken and not self.stop.by:
                     # As a pipeline's writer would get it: SIGPIPE, through PID 1.
                     self.run.signal(signal.SIGPIPE)
@@ -159,22 +169,34 @@ class Follower:
             self.pidfd = self.run.pid1.pidfd
             self.sel.register(self.pidfd, selectors.EVENT_READ)
 
+    def _feed_again(self) -> None:
+        if not self.feeding and self.stdin_fd is not None:
+            self.sel.register(self.stdin_fd, selectors.EVENT_WRITE)
+            self.feeding = True
+
     def _feed(self) -> None:
-        """Write what the pipe takes now; close stdin at the end so the program sees EOF."""
-        stdin = self.run.pid1.stdin
+        """Write what the pipe takes now; at the end close stdin so the program sees EOF
+        (a channel's stays open: more may go there)."""
         try:
-            if self.script:
-                self.script = self.script[os.write(self.stdin_fd, self.script[:65536]):]
+            if self.fed < len(self.script):   # a view: a 10 MB --input is never copied
+                self.fed += os.write(self.stdin_fd,
+                                     memoryview(self.script)[self.fed:self.fed + (1 << 20)])
         except BrokenPipeError:
-            self.script = b""
+            self.fed = len(self.script)
         except BlockingIOError:
             return
-        if not self.script:
-            self.sel.unregister(self.stdin_fd)
-            try:
-                stdin.close()
-            except OSError:
-                pass
+        if self.fed < len(self.script):
+            return
+        self.sel.unregister(self.stdin_fd)
+        self.feeding = False
+        if self.channel is not None:
+            self.channel.sent()
+            return
+        try:
+            self.run.pid1.stdin.close()
+        except OSError:
+            pass
+        self.stdin_fd = None
 
     def _drain(self) -> None:
         """After a stop every writer is dead: read each pipe to its end."""

@@ -57,6 +57,7 @@ class Run:
         self._status_buf = b""
         self._wants_stdio = out is not None, err is not None
         self.warning: str | None = None
+        self.primed = False        # its interpreter has its cell's host program (ready spare)
         self.marks: list[tuple[str, float]] = []
         self._refill: list[tuple[SpareKind, cgroups.Layout]] = []
 
@@ -147,6 +148,7 @@ class Run:
         self.pid1 = spare.pid1.with_stdio(**spare.stdio)
         self.status_fd = spare.status_r
         self._status_buf = spare.status_read
+        self.primed = spare.kind.ready.ipython
         return self
 
     def _send_run(self, spare: Spare, layout: cgroups.Layout) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from .. import cgroups
+from ..cell import BOOTSTRAP
 from ..config import RunConfig
 from ..rootfs.plan import plan as plan_root
 from ..spec import Spec
@@ -25,7 +26,7 @@ def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup
         plan=plan_root(spec, rootless),
         cgroup_namespace=cgroup is not None,
         cgroup_mounts=cgroup.mounts_inside() if cgroup else (),
-        argv=spec.command or (sys.executable, "-u", "-"),
+        argv=spec.command or python_argv(spec),
         env=tuple(env.items()),
         workdir=spec.workdir,
         user=spec.user,
@@ -34,3 +35,11 @@ def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup
         unconfined=spec.unconfined,
         profile=spec.profile,
     )
+
+
+def python_argv(spec: Spec) -> tuple[str, ...]:
+    """A Python cell's interpreter (the runner's own): through IPython, the cell's host
+    program read from stdin (nsmagic.cell); else plain Python reading the script."""
+    if spec.ipython:
+        return (sys.executable, "-c", BOOTSTRAP)
+    return (sys.executable, "-u", "-")
