@@ -168,7 +168,10 @@ class ContainerMagics(Magics):
         if not spec.is_python_cell:
             return None
         inputs = variables.pickled(spec.inputs, self.shell.user_ns)
-        return Channel(spec, inputs, self.shell.execution_count,
+        # this cell's number, for the container's tracebacks ("Cell In[n]"): In holds it
+        # already, whether IPython counts the cell before it runs (9) or after (8)
+        number = len(self.shell.user_ns.get("In", ())) - 1
+        return Channel(spec, inputs, number if number > 0 else self.shell.execution_count,
                        getattr(self.shell, "colors", None))
 
     def _take_outputs(self, spec: Spec, result, channel) -> list[str]:
