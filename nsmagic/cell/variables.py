@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     "numpy": _NUMPY,
     "numpy._core.multiarray": _NUMPY_CORE, "numpy.core.multiarray": _NUMPY_CORE,
     "numpy._core.numeric": _NUMPY_CORE, "numpy.core.numeric": _NUMPY_CORE,
-    "numpy.ma.core": {"MaskedArray", "_mareconstruct"},
+    "numpy.ma": {"MaskedArray"}, "numpy.ma.core": {"MaskedArray", "_mareconstruct"},
     "pandas": _PANDAS,
     "pandas.arrays": {"DatetimeArray", "TimedeltaArray", "PeriodArray", "IntervalArray",
                       "IntegerArray", "FloatingArray", "BooleanArray", "StringArray",
