@@ -44,6 +44,7 @@ stays cheap."""
 from __future__ import annotations
 
 import base64
+import contextvars
 import html
 import math
 import os
@@ -496,8 +497,11 @@ class LiveView:
                 self.series.mark_oom(result.oom_kills)
             display(summary_bundle(result, self.name), raw=True)
             if _late_updates_shown() if background is None else background:
-                frame = threading.Thread(target=self._last_frame, args=(result,),
-                                         daemon=True, name="nsmagic-last-frame")
+                # the cell's context (ipykernel keeps the cell's parent header in a context
+                # variable): the update says it is this cell's, whatever runs by then
+                frame = threading.Thread(target=contextvars.copy_context().run,
+                                         args=(self._last_frame, result), daemon=True,
+                                         name="nsmagic-last-frame")
                 _LAST_FRAMES.append(frame)
                 frame.start()
             else:
