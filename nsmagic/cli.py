@@ -117,12 +117,15 @@ USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.
         --json prints the result as one JSON object on the last line of stdout.
-info    what this machine can do: kernel, cgroup layout, namespaces, overlayfs.
+info    what this machine can do: kernel, cgroup layout, namespaces, overlayfs,
+        the seccomp filter.
 ps      every running nsmagic container on this machine (any notebook's or shell's).
 
-options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N --hostname NAME
+options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N
+        --device-{read,write}-{bps,iops} DEV:RATE --blkio-weight N --hostname NAME
         --network none|host --rootfs DIR -v SRC:DST[:ro] -e K=V -w DIR --read-only
         --user UID[:GID] --timeout SECONDS --name NAME --strict --profile
+        --security-opt seccomp=unconfined (Docker's seccomp profile is loaded otherwise)
 """
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The live accounting view of a %%container cell: a matplotlib plot of the run's cgroup
-counters (CPU and memory), redrawn a few times a second while the cell runs, left as a static
-PNG with a summary table when it ends.
+counters (CPU and memory, and block I/O once there is some or a limit on it), redrawn a few
+times a second while the cell runs, left as a static PNG with a summary table when it ends.
 
     view = LiveView(spec)            # in the kernel, before the run starts (costs nothing)
     core.run(spec, ..., on_sample=view.update)
@@ -87,24 +87,31 @@ def _late_updates_shown() -> bool:
     return bool(getattr(kernel, "_allow_stdin", False))
 
 _COLORS = {"cpu": "#1f77b4", "throttled": "#d62728", "quota": "#7f7f7f", "memory": "#2ca02c",
-           "working_set": "#9467bd", "peak": "#2ca02c", "limit": "#7f7f7f", "oom": "#d62728"}
+           "working_set": "#9467bd", "peak": "#2ca02c", "limit": "#7f7f7f", "oom": "#d62728",
+           "read": "#17becf", "write": "#ff7f0e"}
 
 
 # --- the picture
 
 
 class Plot:
-    """Two panels (CPU % of one core, memory MiB) on an Agg canvas, rendered to PNG bytes.
+    """Two panels (CPU % of one core, memory MiB) on an Agg canvas, rendered to PNG bytes,
+    and a third (block I/O, MiB/s) from the start when the run has I/O rate limits, else from
+    the first frame whose series shows I/O.
 
-    Knows nothing of kernels or cgroups: it draws a `monitor.Series` against the limits."""
+    Knows nothing of kernels or cgroups: it draws a `monitor.Series` against the limits.
+    `io_limits` is (read, write) in bytes/s, each None where not limited."""
 
     def __init__(self, memory_limit: int | None = None, cpus: float | None = None,
-                 width: float = 7.2, height: float = 3.3, dpi: int = 90):
+                 width: float = 7.2, height: float = 3.3, dpi: int = 90,
+                 io_limits: tuple[int | None, int | None] | None = None):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         self.memory_limit = memory_limit / MiB if memory_limit else None
         self.cpus = cpus
+        self.io_limits = io_limits
+        self.ax_io = None
         self.cores = os.cpu_count() or 1
         self.fig = fig = Figure(figsize=(width, height), dpi=dpi, facecolor="white")
         self.canvas = FigureCanvasAgg(fig)
@@ -120,6 +127,8 @@ class Plot:
         self._background = None
         self.full_draws = 0
         self.frames = 0
+        if io_limits:
+            self._add_io_panel()
 
     def _style_axes(self) -> None:
         for ax, title in ((self.ax_cpu, "CPU, % of one core"), (self.ax_mem, "memory, MiB")):
@@ -177,6 +186,38 @@ class Plot:
             self.ax_mem.set_ylim(0, 64)
         _legend(self.ax_mem, handles)
 
+    def _add_io_panel(self) -> None:
+        """A third, narrower panel, the figure widened for it so that the other two keep
+        their size and legends (the background is redrawn once, as when an axis doubles)."""
+        from matplotlib.lines import Line2D
+        width, height = self.fig.get_size_inches()
+        grow = 1.42
+        self.fig.set_size_inches(width * grow, height)
+        grid = self.fig.add_gridspec(1, 3, width_ratios=(1, 1, 0.8), wspace=0.3,
+                                     left=0.075 / grow, right=1 - 0.015 / grow)
+        self.ax_cpu.set_subplotspec(grid[0])
+        self.ax_mem.set_subplotspec(grid[1])
+        self.ax_io = ax = self.fig.add_subplot(grid[2])
+        ax.set_ylabel("disk I/O, MiB/s", fontsize=8, labelpad=2)
+        ax.set_xlabel("seconds", fontsize=8, labelpad=1)
+        ax.tick_params(labelsize=7, pad=1.5)
+        ax.grid(True, color="#e6e6e6", linewidth=0.6)
+        ax.set_axisbelow(True)
+        ax.set_xlim(self.ax_cpu.get_xlim())
+        self.io_lines = [Line2D([], [], color=_COLORS[key], label=key, animated=True,
+                                linewidth=1.4) for key in ("read", "write")]
+        for artist in self.io_lines:
+            ax.add_line(artist)
+        handles, top = list(self.io_lines), 1.0
+        for rate, key in zip(self.io_limits or (), ("read", "write")):
+            if rate:
+                handles.append(ax.axhline(rate / MiB, color=_COLORS[key], linestyle=":",
+                                          linewidth=1.2, label="limit"))
+                top = max(top, rate / MiB * 1.3)
+        ax.set_ylim(0, top)
+        _legend(ax, handles[:3])
+        self._background = None
+
     # -- axes grow by doubling, so the background is redrawn log2(n) times per run
 
     def _fit(self, series: Series, final: bool) -> None:
@@ -190,7 +231,7 @@ class Plot:
             while series.duration > x_top * 0.98:
                 x_top, changed = x_top * 2, True
         if changed:
-            for ax in (self.ax_cpu, self.ax_mem):
+            for ax in self._axes():
                 ax.set_xlim(0, x_top)
         cpu_top = self.ax_cpu.get_ylim()[1]
         cpu_max = max(series.max_of("cpu"), series.max_of("throttled"))
@@ -204,12 +245,23 @@ class Plot:
             while mem_max > mem_top * 0.95:
                 mem_top, changed = mem_top * 2, True
                 self.ax_mem.set_ylim(0, mem_top)
+        if self.ax_io is not None:
+            io_top = self.ax_io.get_ylim()[1]
+            io_max = max(series.max_of("io_read"), series.max_of("io_write"))
+            while io_max > io_top * 0.95:
+                io_top, changed = io_top * 2, True
+                self.ax_io.set_ylim(0, io_top)
         if changed:
             self._background = None
+
+    def _axes(self) -> list:
+        return [ax for ax in (self.ax_cpu, self.ax_mem, self.ax_io) if ax is not None]
 
     def render(self, series: Series, final: bool = False, header: str | None = None) -> bytes:
         """One frame as PNG bytes: one (partial) draw, one encode. `final` fits the time
         axis to the run; `header` replaces the live stats line."""
+        if self.ax_io is None and series.io_seen:
+            self._add_io_panel()
         self._fit(series, final)
         if self._background is None:
             self.canvas.draw()               # skips the animated artists
@@ -231,8 +283,13 @@ class Plot:
             ys += [1.0, 0.0, math.nan]
         for artist in self.oom_lines:
             artist.set_data(xs, ys)
-        for artist in (self.throttled_fill, self.cpu_line, self.peak_line, self.mem_line,
-                       self.ws_line, *self.oom_lines):
+        moving = [self.throttled_fill, self.cpu_line, self.peak_line, self.mem_line,
+                  self.ws_line, *self.oom_lines]
+        if self.ax_io is not None:
+            for artist, values in zip(self.io_lines, (series.io_read, series.io_write)):
+                artist.set_data(t, values)
+            moving += self.io_lines
+        for artist in moving:
             artist.axes.draw_artist(artist)
         import numpy as np
         pixels = np.asarray(self.canvas.buffer_rgba())
@@ -309,6 +366,8 @@ def stats_line(series: Series) -> str:
              f"OOM kills {c['oom_kills']}"]
     if c["throttled_s"]:
         parts.insert(2, f"throttled {c['throttled_s']:.1f} s")
+    if series.io_seen:
+        parts.insert(-1, f"I/O r {c['io_read'] or 0:.1f} w {c['io_write'] or 0:.1f} MiB/s")
     return "  ·  ".join(parts)
 
 
@@ -317,6 +376,14 @@ def final_line(result) -> str:
     drawn apart, in red)."""
     from .result import rows
     return "  ·  ".join(row.phrase for row in rows(result) if row.label != "OOM kills")
+
+
+def io_limits(spec) -> tuple[int | None, int | None] | None:
+    """The run's read and write rate limits (bytes/s, over all its devices), or None."""
+    read = sum(r.value for r in spec.device_read_bps) or None
+    write = sum(r.value for r in spec.device_write_bps) or None
+    limited = read or write or spec.device_read_iops or spec.device_write_iops
+    return (read, write) if limited else None
 
 
 def _size(n) -> str:
@@ -419,7 +486,7 @@ class LiveView:
         try:
             want = self.want_widgets
             self.widgets = _widgets_work() if want is None else bool(want and _widgets_work())
-            self.plot = Plot(self.spec.memory, self.spec.cpus)
+            self.plot = Plot(self.spec.memory, self.spec.cpus, io_limits=io_limits(self.spec))
         except ImportError as err:     # no matplotlib: the summary line still comes
             self.errors.append(f"{type(err).__name__}: {err}")
             return False
@@ -476,6 +543,9 @@ class LiveView:
             rows.insert(6, ("limit", _size(self.spec.memory)))
         if self.spec.cpus:
             rows.insert(3, ("quota", f"{self.spec.cpus:g} CPU"))
+        if self.series.io_seen or self.plot.ax_io is not None:
+            rows += [("disk read", f"{c['io_read'] or 0:.1f} MiB/s"),
+                     ("disk write", f"{c['io_write'] or 0:.1f} MiB/s")]
         cell = "padding:0 10px 0 0;line-height:1.35;border:0;text-align:left"
         cells = "".join(
             f"<tr><td style='{cell};color:#555'>{k}</td><td style='{cell}"

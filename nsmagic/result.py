@@ -40,6 +40,9 @@ class Result:
     pids_peak: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
+    io_read_bytes: int | None = None       # block I/O, where the run's group counted it
+    io_write_bytes: int | None = None
+    io_limits: tuple[str, ...] = ()        # "write 1.0 MiB/s on /dev/loop3", ...
     cgroup_version: str | None = None
     limits_enforced: bool = True
     stdout: str | None = None             # --out / --err: the captured text
@@ -101,6 +104,8 @@ def build(run, usage: Usage | None, samples: list[Usage], stop: Stop,
         memory_peak=((usage.memory_peak if usage.memory_peak is not None
                       else usage.memory_current) if usage else None),
         memory_limit=spec.memory, pids_peak=pids_peak, cpus=spec.cpus, pids_limit=spec.pids,
+        io_read_bytes=usage.io_read_bytes if usage else None,
+        io_write_bytes=usage.io_write_bytes if usage else None, io_limits=io_limits(spec),
         cgroup_version=run.cgroup.version if run.cgroup else None,
         limits_enforced=run.limits_enforced, stdout=stdout, stderr=stderr,
         samples=tuple(samples), profile=run.marks)
@@ -137,6 +142,11 @@ def rows(r: Result) -> list[Row]:
     if r.pids_peak is not None:
         of = f" of {r.pids_limit}" if r.pids_limit else ""
         out.append(Row("pids peak", f"{r.pids_peak}{of}", f"{r.pids_peak} pids peak{of}"))
+    if r.io_read_bytes or r.io_write_bytes or r.io_limits:
+        done = (f"read {format_size(r.io_read_bytes or 0)}, "
+                f"written {format_size(r.io_write_bytes or 0)}")
+        limits = f" ({'; '.join(r.io_limits)})" if r.io_limits else ""
+        out.append(Row("disk I/O", done + limits, f"disk {done}{limits}"))
     if r.timed_out:
         out.append(Row("stopped", "timed out", "timed out", alert=True))
     elif r.interrupted:
@@ -145,6 +155,21 @@ def rows(r: Result) -> list[Row]:
     if not r.limits_enforced:
         out.append(Row("limits", "NOT enforced", "limits NOT enforced", alert=True))
     return out
+
+
+def io_limits(spec) -> tuple[str, ...]:
+    """The run's --device-* and --blkio-weight, as phrases."""
+    from .spec import format_size
+    phrases = []
+    for name, unit in (("read_bps", ""), ("write_bps", ""), ("read_iops", " IOPS"),
+                       ("write_iops", " IOPS")):
+        direction = name.split("_")[0]
+        for rate in getattr(spec, "device_" + name):
+            value = f"{format_size(rate.value)}/s" if not unit else f"{rate.value}{unit}"
+            phrases.append(f"{direction} {value} on {rate.path}")
+    if spec.blkio_weight is not None:
+        phrases.append(f"weight {spec.blkio_weight}")
+    return tuple(phrases)
 
 
 def _signal_name(number: int) -> str:

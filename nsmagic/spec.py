@@ -8,6 +8,7 @@ import functools
 import os
 import re
 import shlex
+import stat
 from dataclasses import dataclass
 
 from .errors import SpecError
@@ -16,6 +17,9 @@ NETWORKS = ("none", "host")
 DEFAULT_INTERVAL = 0.25   # seconds between samples of the cgroup counters
 DEFAULT_STORAGE = 1 << 30  # bytes a run may write to its root, as --storage-opt size=1G
 VOLUME_OPTIONS = ("ro", "rw", "dev", "suid")
+MIN_MEMORY = 6 << 20      # Docker's minimum: less cannot start a process and its runtime
+MIN_CPUS = 0.01           # 1 % of a core: 1 ms of CPU time per 100 ms period
+BLKIO_WEIGHTS = (10, 1000)
 # Spec fields that shape one run's handling, not its container (see Spec.container_part).
 PER_RUN = ("script", "timeout", "raise_error", "strict", "name", "out_var", "err_var", "plot",
            "interval", "profile", "inputs", "outputs")
@@ -58,6 +62,15 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class DeviceRate:
+    """One --device-{read,write}-{bps,iops} value: a block device and its limit."""
+    path: str         # as given (the host's path)
+    major: int
+    minor: int
+    value: int        # bytes or operations per second
+
+
+@dataclass(frozen=True)
 class Spec:
     """What to run and how; frozen so the parent and the child read the same thing."""
 
@@ -66,6 +79,11 @@ class Spec:
     memory: int | None = None            # bytes; swap is held at 0 so the limit is real
     cpus: float | None = None
     pids: int | None = None
+    device_read_bps: tuple[DeviceRate, ...] = ()
+    device_write_bps: tuple[DeviceRate, ...] = ()
+    device_read_iops: tuple[DeviceRate, ...] = ()
+    device_write_iops: tuple[DeviceRate, ...] = ()
+    blkio_weight: int | None = None      # 10-1000, relative to other groups
     hostname: str | None = None
     network: str = "none"
     rootfs: str | None = None            # None: the host's system directories, read-only
@@ -86,6 +104,7 @@ class Spec:
     plot: bool | None = None
     interval: float | None = None        # seconds between samples of the cgroup counters
     unconfined: bool = False             # no namespaces, no overlay: where the host forbids them
+    seccomp: bool = True                 # Docker's default profile (--security-opt seccomp=...)
     profile: bool = False                # time every step of the run (teaching, benchmarks)
     # A Python cell run through IPython inside, as a notebook cell (the magic: nsmagic.cell);
     # False: plain `python -` reading the script (the CLI, the API).
@@ -133,6 +152,7 @@ class Spec:
             memory=parse_size(args.memory, "--mem") if args.memory is not None else None,
             cpus=_parse_cpus(args.cpus),
             pids=_parse_pids(args.pids),
+            **_parse_io(args),
             hostname=args.hostname,
             network=args.network,
             rootfs=args.rootfs,
@@ -147,6 +167,7 @@ class Spec:
             raise_error=not getattr(args, "no_raise_error", False),
             strict=args.strict,
             unconfined=args.unconfined,
+            seccomp=_parse_security_opts(args.security_opt),
             profile=args.profile,
             name=args.name,
             out_var=getattr(args, "out", None),
@@ -167,12 +188,8 @@ def _parse_cpus(text):
         value = float(text)
     except ValueError:
         raise SpecError(f"--cpus {text!r} is not a number; give a share of cores such as 0.5 or 2.")
-    if not value > 0:
-        raise SpecError(f"--cpus {text} must be more than 0; give a share of cores such as 0.5.")
-    cores = os.cpu_count() or 1
-    if value > cores:
-        raise SpecError(f"--cpus {text} is more than the {cores} cores this machine has; "
-                        f"give at most {cores}.")
+    if value != value:   # nan compares false with every bound
+        raise SpecError(f"--cpus {text!r} is not a number; give a share of cores such as 0.5.")
     return value
 
 
@@ -180,12 +197,65 @@ def _parse_pids(text):
     if text is None:
         return None
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise SpecError(f"--pids {text!r} is not a whole number; give a process limit such as 64.")
-    if value < 1:
-        raise SpecError(f"--pids {text} must be at least 1; give a process limit such as 64.")
-    return value
+
+
+def _parse_io(args: argparse.Namespace) -> dict:
+    """Docker's --device-{read,write}-{bps,iops} DEVICE:RATE and --blkio-weight N."""
+    found = {}
+    for name in ("read_bps", "write_bps", "read_iops", "write_iops"):
+        flag = "--device-" + name.replace("_", "-")
+        found["device_" + name] = tuple(_parse_device_rate(text, flag) for text in
+                                        getattr(args, "device_" + name, None) or ())
+    weight = getattr(args, "blkio_weight", None)
+    found["blkio_weight"] = None if weight is None else _whole(weight, "--blkio-weight", "500")
+    return found
+
+
+def _parse_device_rate(text: str, flag: str) -> DeviceRate:
+    path, sep, rate = text.rpartition(":")
+    example = "/dev/sda:100" if flag.endswith("iops") else "/dev/sda:10mb"
+    if not sep or not path or not rate:
+        raise SpecError(f"{flag} {text!r} is not DEVICE:RATE; give a block device and a rate, "
+                        f"such as {flag} {example}.")
+    if flag.endswith("iops"):
+        value = _whole(rate, f"{flag} {path}:", "100")
+        if value < 1:
+            raise SpecError(f"{flag} {text}: the rate must be at least 1 operation a second.")
+    else:
+        value = parse_size(rate, f"{flag} {path}:")
+    major, minor = _block_device(path, flag)
+    return DeviceRate(path, major, minor, value)
+
+
+def _whole(text: str, what: str, example: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise SpecError(f"{what} {text!r} is not a whole number; give one such as "
+                        f"{example}.") from None
+
+
+def _block_device(path: str, flag: str) -> tuple[int, int]:
+    """The device's major:minor, which the kernel's limits name; whole disks only (the
+    kernel refuses a partition's)."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise SpecError(f"{flag} {path}: {err.strerror.lower()}; give a block device such as "
+                        "/dev/sda (lsblk lists them).") from None
+    if not stat.S_ISBLK(st.st_mode):
+        raise SpecError(f"{flag} {path} is not a block device; give a disk such as /dev/sda "
+                        "(lsblk lists them).")
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    sysfs = f"/sys/dev/block/{major}:{minor}"
+    if os.path.exists(f"{sysfs}/partition"):
+        disk = os.path.basename(os.path.dirname(os.path.realpath(sysfs)))
+        raise SpecError(f"{flag} {path} is a partition, and the kernel limits whole disks "
+                        f"only; give its disk, /dev/{disk}.")
+    return major, minor
 
 
 def _parse_volume(text: str) -> Volume:
@@ -257,7 +327,83 @@ def _parse_user(text):
     return uid_n, gid_n
 
 
+def _parse_security_opts(values: list[str]) -> bool:
+    """Docker's --security-opt values nsmagic knows; returns whether the seccomp filter is
+    on. no-new-privileges is always set here, so it is taken and changes nothing."""
+    seccomp = True
+    for text in values:
+        key, _, value = text.replace(":", "=", 1).partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if key == "seccomp" and value == "unconfined":
+            seccomp = False
+        elif key == "seccomp" and value == "builtin":   # Docker's name for its default
+            seccomp = True
+        elif key == "seccomp":
+            raise SpecError(f"--security-opt {text!r}: nsmagic has Docker's default profile "
+                            "only, not profiles from files; use seccomp=unconfined to turn "
+                            "it off, or leave the option out.")
+        elif key == "no-new-privileges" and value.lower() in ("", "true"):
+            continue
+        elif key == "no-new-privileges":
+            raise SpecError(f"--security-opt {text!r}: nsmagic always sets no_new_privs (its "
+                            "capability drop and seccomp filter rely on it); leave it out.")
+        else:
+            raise SpecError(f"--security-opt {text!r} is not known; nsmagic takes "
+                            "seccomp=unconfined (and no-new-privileges, always on).")
+    return seccomp
+
+
 # Named checks, run in order, as runc's validator does; each raises SpecError with one sentence.
+
+def _check_memory(spec: Spec):
+    if spec.memory is None:
+        return
+    if spec.memory < MIN_MEMORY:
+        raise SpecError(f"--mem {format_size(spec.memory)} is below 6 MiB, the least a container "
+                        "needs to start (Docker's minimum too); give at least 6M.")
+    total = host_memory()
+    if total and spec.memory > total:
+        raise SpecError(f"--mem {format_size(spec.memory)} is more than the "
+                        f"{format_size(total)} of memory this machine has; give at most "
+                        f"{total >> 20}M.")
+
+
+def host_memory() -> int | None:
+    """MemTotal, in bytes."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_cpus(spec: Spec):
+    if spec.cpus is None:
+        return
+    if spec.cpus < MIN_CPUS:
+        raise SpecError(f"--cpus {spec.cpus:g} is below {MIN_CPUS}, the smallest quota (1 % of "
+                        "a core); give a share of cores such as 0.5.")
+    cores = os.cpu_count() or 1
+    if spec.cpus > cores:
+        raise SpecError(f"--cpus {spec.cpus:g} is more than the {cores} cores this machine has; "
+                        f"give at most {cores}.")
+
+
+def _check_pids(spec: Spec):
+    if spec.pids is not None and spec.pids < 1:
+        raise SpecError(f"--pids {spec.pids} must be at least 1; give a process limit such as "
+                        "64.")
+
+
+def _check_blkio_weight(spec: Spec):
+    low, high = BLKIO_WEIGHTS
+    if spec.blkio_weight is not None and not low <= spec.blkio_weight <= high:
+        raise SpecError(f"--blkio-weight {spec.blkio_weight} is not between {low} and {high}; "
+                        "give a relative weight such as 500.")
+
 
 def _check_rootfs(spec: Spec):
     if spec.rootfs is None:
@@ -315,7 +461,8 @@ def _check_name(spec: Spec):
                         "'.' and '-'.")
 
 
-CHECKS = [_check_rootfs, _check_hostname, _check_network, _check_workdir, _check_timeout,
+CHECKS = [_check_memory, _check_cpus, _check_pids, _check_blkio_weight, _check_rootfs,
+          _check_hostname, _check_network, _check_workdir, _check_timeout,
           _check_interval, _check_variable_names, _check_name]
 
 
@@ -364,6 +511,16 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     p.add_argument("--cpus", metavar="N", help="CPU quota in cores, e.g. 0.5")
     p.add_argument("--pids", "--pids-limit", dest="pids", metavar="N",
                    help="maximum number of processes")
+    p.add_argument("--device-read-bps", action="append", metavar="DEV:RATE",
+                   help="read rate limit on a block device, e.g. /dev/sda:10mb")
+    p.add_argument("--device-write-bps", action="append", metavar="DEV:RATE",
+                   help="write rate limit on a block device, e.g. /dev/sda:10mb")
+    p.add_argument("--device-read-iops", action="append", metavar="DEV:N",
+                   help="read operations per second on a block device")
+    p.add_argument("--device-write-iops", action="append", metavar="DEV:N",
+                   help="write operations per second on a block device")
+    p.add_argument("--blkio-weight", metavar="N",
+                   help="block I/O weight relative to other groups, 10-1000")
     p.add_argument("--hostname", "-h", metavar="NAME", help="host name inside")
     p.add_argument("--network", "--net", default="none", metavar="MODE",
                    help="none (own namespace, only lo) or host")
@@ -394,6 +551,9 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     p.add_argument("--profile", action="store_true",
                    help="print how long each step took: fork, namespaces, cgroup, mounts, "
                         "pivot_root, exec, teardown")
+    p.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                   help="seccomp=unconfined: no seccomp filter (Docker's default profile is "
+                        "loaded otherwise)")
     p.add_argument("--unconfined", action="store_true",
                    help="no namespaces and no overlay (for hosts that forbid them): "
                         "writes reach the host")
@@ -428,5 +588,5 @@ def _float_arg(flag):
     return convert
 
 
-__all__ = ["OptionParser", "Spec", "Volume", "build_parser", "format_size", "parse_size",
-           "validate"]
+__all__ = ["DeviceRate", "OptionParser", "Spec", "Volume", "build_parser", "format_size",
+           "host_memory", "parse_size", "validate"]

@@ -8,6 +8,8 @@ import os
 import subprocess
 import time
 
+from nsmagic.inside.root import mounts_under
+
 
 def leftovers(owner: int | None = None, within: float = 5.0) -> list[str]:
     """What runs of `owner` (default: this process) left behind: cgroups (named
@@ -44,26 +46,30 @@ def _scan(owner: int, spares: set[str]) -> list[str]:
             try:
                 with open(f"/proc/{pid}/cgroup") as f:
                     groups = f.read()
-                if mine in groups and not any(name in groups for name in spares):
+                if (mine in groups and not any(name in groups for name in spares)
+                        and not _zombie(pid)):
                     found.append(f"process {pid}")
             except OSError:
                 pass
     return found
 
 
+def _zombie(pid: str) -> bool:
+    """An exited process that only init has left to reap: nothing of it runs or holds a
+    group. A CLI runner exits before its PID 1 has finished exiting, so init reaps that one,
+    whenever it does (this machine's init can take seconds); meanwhile its /proc/PID/cgroup
+    still names the run's cgroup2 group, marked "(deleted)". A zombie whose parent is still
+    there (a runner that never reaped its PID 1) is a leftover."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state, ppid = f.read().rpartition(")")[2].split()[:2]
+    except (OSError, ValueError):
+        return False
+    return state == "Z" and ppid == "1"
+
+
 def processes_left(owner: int) -> list[str]:
     return [line for line in leftovers(owner, within=0) if line.startswith("process")]
-
-
-def mounts_under(path: str) -> list[str]:
-    """Mount points at or below `path` in this mount namespace."""
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")   # \040 is a space
-            if point == path or point.startswith(path.rstrip("/") + "/"):
-                points.append(point)
-    return points
 
 
 def unmount_under(path: str) -> bool:

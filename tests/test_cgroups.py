@@ -106,3 +106,138 @@ def test_pids_limit_stops_a_fork_bomb():
                     "b() { b | b & }; b; sleep 1; echo done"])
     assert got.result.pids_peak is not None and got.result.pids_peak <= 24, got
     assert not got.result.timed_out
+
+
+# --- child groups: a workload with its own cgroup mount (or a delegated subtree) makes them
+
+def _make_child(parent: str, *names: str) -> str:
+    """A child group path as a workload would make it; a v1 cpuset child takes its parent's
+    CPUs and memory nodes, as a runtime would give them."""
+    here = parent
+    for name in names:
+        child = os.path.join(here, name)
+        os.mkdir(child)
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            if os.path.exists(os.path.join(child, knob)):
+                with open(os.path.join(here, knob)) as f, open(os.path.join(child, knob), "w") as g:
+                    g.write(f.read().strip())
+        here = child
+    return here
+
+
+def _move(pid: int, group: str) -> None:
+    with open(os.path.join(group, "cgroup.procs"), "w") as f:
+        f.write(str(pid))
+
+
+def _detached_sleeper() -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "60"], start_new_session=True)
+
+
+@needs_limits
+def test_destroy_kills_what_child_groups_hold_and_removes_them_first():
+    cg = cgroups.open_cgroup("c" + os.urandom(3).hex(), cgroups.Limits(pids=16))
+    cg.create()
+    sleeper = _detached_sleeper()
+    try:
+        for d in cg.directories():
+            _make_child(d, "b")
+            _move(sleeper.pid, _make_child(d, "a", "inner"))
+        assert sleeper.pid in cg.pids()        # seen down there
+        started = time.monotonic()
+        cg.destroy()
+        took = time.monotonic() - started
+    finally:
+        sleeper.kill()
+        for d in cg.directories():
+            for here, _, _ in sorted(os.walk(d), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(here)
+                except OSError:
+                    pass
+    assert sleeper.wait(2) == -9
+    assert not any(os.path.exists(d) for d in cg.directories())
+    assert took < 1.0, f"destroy took {took:.2f} s"
+
+
+@needs_limits
+def test_a_runs_teardown_removes_child_groups_made_while_it_ran():
+    """Made from the host side while the run lives, as a workload with a delegated subtree
+    would make them, with the workload moved into one: the run still leaves nothing."""
+    from conftest import leftovers
+
+    from nsmagic.core import start
+    from nsmagic.spec import Spec
+    run = start(Spec.from_argv(["--pids", "32", "--", "sleep", "60"]))
+    try:
+        workload = [p for p in run.cgroup.pids() if p != run.pid1.pid]
+        for d in run.cgroup.directories():
+            inner = _make_child(d, "delegated", "inner")
+            for pid in workload:
+                _move(pid, inner)
+    finally:
+        run.kill_all()
+        run.wait()
+        run.close()
+    assert not [thing for thing in leftovers() if thing.startswith(("/sys/fs/cgroup",
+                                                                     "process"))]
+
+
+def _a_dead_runners_group(layout) -> cgroups.Cgroup:
+    """A group named for a runner that died (its pid no longer runs)."""
+    from nsmagic.cgroups.v1 import CgroupV1
+    from nsmagic.cgroups.v2 import CgroupV2
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    backend = CgroupV2 if layout.kind == "v2" else CgroupV1
+    cg = backend(f"nsmagic-{gone.pid}-{os.urandom(3).hex()}", cgroups.Limits(), layout)
+    cg.make()
+    return cg
+
+
+@needs_limits
+def test_sweep_removes_a_dead_runners_groups_with_their_children_at_once():
+    cg = _a_dead_runners_group(layout)
+    sleeper = _detached_sleeper()
+    try:
+        for d in cg.directories():
+            _move(sleeper.pid, _make_child(d, "a", "inner"))
+        started = time.monotonic()
+        removed = cgroups.sweep()
+        took = time.monotonic() - started
+        assert sleeper.wait(2) == -9
+    finally:
+        sleeper.kill()
+    if not all(d in removed for d in cg.directories()):   # busy while the sleeper died
+        removed += cgroups.sweep()
+    assert all(d in removed and not os.path.exists(d) for d in cg.directories()), removed
+    assert took < 0.5, f"sweep took {took:.2f} s"
+
+
+@pytest.mark.skipif(layout.kind == "v2" or "freezer" not in layout.v1_mounts or not can_limit,
+                    reason="a v1 freezer is what keeps a killed process (and its group) here")
+def test_sweep_leaves_a_busy_group_for_later_instead_of_waiting():
+    """A frozen v1 group keeps its killed process until thawed, so its group stays busy:
+    the sweep passes over it at once, and a later one removes it."""
+    cg = _a_dead_runners_group(layout)
+    sleeper = _detached_sleeper()
+    freezer = cg.dirs["freezer"]
+    try:
+        for d in cg.directories():
+            _move(sleeper.pid, d)
+        with open(f"{freezer}/freezer.state", "w") as f:
+            f.write("FROZEN")
+        started = time.monotonic()
+        first = cgroups.sweep()
+        took = time.monotonic() - started
+    finally:
+        with open(f"{freezer}/freezer.state", "w") as f:
+            f.write("THAWED")
+    try:
+        assert took < 0.2, f"the sweep waited {took:.2f} s on a busy group"
+        assert freezer not in first and os.path.isdir(freezer)
+        assert sleeper.wait(2) == -9
+    finally:
+        sleeper.kill()
+    later = cgroups.sweep()
+    assert not any(os.path.exists(d) for d in cg.directories()), later

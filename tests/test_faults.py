@@ -69,7 +69,9 @@ def test_sweep_never_touches_a_delegated_groups_leaf(tmp_path):
     try:
         layout = Layout("v2", v2_mount=mount, v2_path=scope[len(mount):] + "/" + LEAF)
         removed = cgroups.sweep(layout)
-        assert removed == [dead_run]
+        # (other dead runners' groups under <cgroup2>/nsmagic, a hybrid host's, go too)
+        assert dead_run in removed and not [p for p in removed if p.startswith(scope + "/")
+                                            and p != dead_run], removed
         assert kept.poll() is None, "the leaf's process was killed"
         assert gone.wait(5) == -signal.SIGKILL
         assert os.path.isdir(f"{scope}/{LEAF}")

@@ -91,4 +91,5 @@ def test_not_found_is_127_and_not_executable_is_126(sh):
 def test_setup_failure_is_125_with_a_sentence(busybox_root):
     from conftest import run_spec
     got = run_spec(f"--rootfs {busybox_root} -w /etc/motd -- true")
-    assert got.result.exit_code == 125 and "workload" in got.result.error, got
+    assert got.result.exit_code == 125 and "working directory /etc/motd" in got.result.error
+    assert "not a directory" in got.result.error and "\n" not in got.result.error, got

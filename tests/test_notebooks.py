@@ -25,7 +25,8 @@ from conftest import REPO
 nbformat = pytest.importorskip("nbformat")
 
 NOTEBOOKS = os.path.join(REPO, "notebooks")
-NAMES = ["01-namespaces.ipynb", "02-cgroups.ipynb", "03-union-filesystems.ipynb"]
+NAMES = ["01-namespaces.ipynb", "02-cgroups.ipynb", "03-union-filesystems.ipynb",
+         "04-security.ipynb"]
 DEGRADED = os.path.join(REPO, "tests", "notebooks_degraded")
 NOBODY = 65534
 CELL_TIMEOUT = 300
@@ -178,6 +179,8 @@ def test_union_filesystems_whiteout_host_unchanged_second_run_clean(executed):
     assert "on the host: False" in text_of(cell(nb, "after = "))
     second = text_of(cell_containing(nb, "ls /etc/created-inside ||"))
     assert "written inside a container" not in second and "/etc/issue.net" in second
+    by_hand = text_of(cell_containing(nb, "unshare --user --map-root-user"))
+    assert "merged view:" in by_hand and "seccomp filter OFF" in by_hand, by_hand
     assert "whiteout: hides" in text_of(cell(nb, "import stat"))
     assert "c---------" in text_of(cell_containing(nb, 'echo; echo "upper:"'))
     image = text_of(cell_containing(nb, "--rootfs {image}"))
@@ -201,6 +204,27 @@ def test_saved_notebooks_keep_outputs_from_a_real_run(name):
             if "--no-plot" not in c.source.splitlines()[0]:
                 assert len(pngs(c)) == 1, f"{name}: {c.source[:50]!r} keeps no final PNG"
     assert "Every cell of this notebook runs" in text_of(code_cells(nb)[0])
+
+
+@pytest.mark.kernel
+def test_security_capabilities_seccomp_masks_secrets_devices_and_the_user_namespace(executed):
+    nb = executed("04-security.ipynb")
+    caps = text_of(cell_containing(nb, "def decode(hex_mask)"))
+    assert "CapEff: 13 capabilities" in caps and "CAP_SYS_ADMIN" not in caps
+    mount = text_of(cell_containing(nb, "mount -t tmpfs none /mnt/scratch"))
+    assert "no CAP_SYS_ADMIN: no mount" in mount
+    refused, allowed = (text_of(c) for c in code_cells(nb) if "unshare --user" in c.source)
+    assert "Operation not permitted" in refused and "Seccomp:\t2" in refused
+    assert "seccomp filter OFF" in allowed and "in a nested user namespace as uid 0" in allowed
+    masked = text_of(cell_containing(nb, "/proc/timer_list; do\n  [ -e"))
+    assert "/proc/timer_list: 0 bytes" in masked and "Read-only file system" in masked
+    assert "cannot access '/etc/shadow'" in text_of(cell_containing(nb, "ls -l /etc/shadow"))
+    assert "after:  0o666" in text_of(cell_containing(nb, "/dev/null after"))
+    pid1 = text_of(cell_containing(nb, "PID 1 is: "))
+    assert "PID 1 is: nsmagic-init" in pid1 and "CapEff:\t0000000000000000" in pid1
+    userns = text_of(cell_containing(nb, "def as_nobody(script)"))
+    assert "uid=0(root)" in userns and "0      65534          1" in userns
+    assert any(line.split()[:2] == ["nobody", "65534"] for line in userns.splitlines()), userns
 
 
 # --- unprivileged tier: namespaces refused, as on Binder

@@ -22,7 +22,8 @@ LOOK_AROUND = r"""
 import os, sys, socket
 print(os.getpid(), socket.gethostname(), os.environ["HOSTNAME"], os.getcwd(), sys.argv)
 print(open("/proc/self/cmdline").read().split("\0"), sys.flags.no_site, sys.flags.isolated)
-print([l for l in open("/proc/self/status") if l.startswith(("Cap", "NoNewPrivs", "Uid"))])
+print([l for l in open("/proc/self/status")
+       if l.startswith(("Cap", "NoNewPrivs", "Uid", "Seccomp"))])
 print(sorted(os.listdir("/proc/self/fd")), os.environ.get("GREETING"))
 open("/etc/motd", "w").write("mine\n"); print(open("/etc/motd").read().strip())
 """
@@ -44,6 +45,7 @@ def test_a_cell_run_again_sees_the_same_container_made_ahead():
     assert first.result.exit_code == second.result.exit_code == 0, (first, second)
     assert first.out == second.out and first.err == second.err
     assert "again again /work ['-']" in second.out and "mine" in second.out
+    assert "'Seccomp:\\t2\\n'" in second.out, second    # the filter came along
     assert first.result.memory_limit == second.result.memory_limit
     with open("/etc/motd") as f:
         assert "mine" not in f.read()

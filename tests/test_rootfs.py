@@ -110,3 +110,34 @@ def test_the_fallback_without_mount_setattr_remounts_every_submount(tmp_path):
     done = subprocess.run([sys.executable, "-c", REMOUNT_CHILD, str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=30)
     assert done.stdout.splitlines() == [os.strerror(errno.EROFS)] * 2, done
+
+
+@pytest.mark.core
+def test_the_secrets_list_is_kept_for_the_next_process_until_a_directory_changes(
+        tmp_path, monkeypatch):
+    """A cold `nsmagic run` reads the list the last process kept (no 6 ms scan of /etc),
+    unless a directory it walked changed since: a new secret file is always seen."""
+    from nsmagic import kept
+    from nsmagic.rootfs import secrets
+    etc, private = tmp_path / "etc", tmp_path / "run"
+    (etc / "ssl" / "private").mkdir(parents=True)
+    (etc / "ssl" / "private").chmod(0o700)
+    (etc / "shadow").write_text("x")
+    (etc / "shadow").chmod(0o640)
+    (etc / "hosts").write_text("x")
+    private.mkdir(mode=0o700)
+    monkeypatch.setattr(secrets, "SCANNED", (str(etc),))
+    monkeypatch.setattr(kept, "directory", lambda: str(private))
+
+    def fresh_process():
+        monkeypatch.setattr(secrets, "_cached", None)
+        return secrets.hidden()
+
+    first = fresh_process()
+    assert first == (str(etc / "shadow"), str(etc / "ssl" / "private"))
+    scans = []
+    monkeypatch.setattr(secrets, "_walk", lambda real=secrets._walk: scans.append(1) or real())
+    assert fresh_process() == first and scans == []          # read back, no scan
+    (etc / "gshadow").write_text("x")
+    (etc / "gshadow").chmod(0o600)
+    assert str(etc / "gshadow") in fresh_process() and scans == [1]

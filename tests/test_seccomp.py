@@ -334,3 +334,52 @@ def test_missing_libseccomp_says_what_to_install():
         "NsmagicError can't build the seccomp filter: libseccomp is missing; install the "
         "libseccomp2 package (apt-get install libseccomp2) or run with --security-opt "
         "seccomp=unconfined."), done
+
+
+# --- the same probe inside nsmagic's own containers ---------------------------------------
+
+def _probe_in_a_container(probe_path: str, face: str, tmp_path, request) -> dict[str, str]:
+    """The static probe, run by nsmagic (as root or as `nobody`, through the API or the CLI)
+    from a read-only volume: its answer per call."""
+    where = tmp_path / "probe"
+    where.mkdir()
+    shutil.copy(probe_path, where / "seccomp_probe")
+    for d in (tmp_path, where):
+        os.chmod(d, 0o755)
+    args = ["-v", f"{where}:/probe:ro", "--", "/probe/seccomp_probe"]
+    if face == "api":
+        from conftest import run_spec
+        got = run_spec(args)
+        out, code = got.out, got.result.exit_code
+    else:
+        if face == "cli":
+            argv, how = [sys.executable], {"cwd": REPO}
+        else:
+            checkout = request.getfixturevalue("nobody_checkout")
+            argv = ["/usr/bin/python3"]
+            how = dict(user=65534, group=65534, extra_groups=[], cwd="/",
+                       env={"PYTHONPATH": checkout, "PATH": "/usr/bin:/bin", "HOME": "/"})
+        done = subprocess.run([*argv, "-m", "nsmagic", "run", *args], capture_output=True,
+                              text=True, timeout=60, **how)
+        out, code = done.stdout + done.stderr, done.returncode
+    assert code == 0, out
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+@needs_root
+@pytest.mark.parametrize("face", [pytest.param("api", marks=pytest.mark.kernel),
+                                  pytest.param("cli", marks=pytest.mark.kernel),
+                                  pytest.param("rootless-cli",
+                                               marks=pytest.mark.unprivileged)])
+def test_every_call_dockers_profile_refuses_is_refused_in_nsmagic(probe, unconfined, face,
+                                                                  tmp_path, request):
+    """The issue's proof: the probe in a real nsmagic container answers EPERM for every call
+    Docker's default profile refuses (ENOSYS for clone3), and ordinary calls work."""
+    inside = _probe_in_a_container(probe, face, tmp_path, request)
+    probed = REFUSED & inside.keys()
+    assert len(probed) >= 55, sorted(inside)
+    wrong = {n: inside[n] for n in probed if inside[n] != "EPERM"}
+    assert not wrong, f"expected EPERM inside nsmagic, got {wrong}"
+    assert inside["clone3"] == "ENOSYS"
+    failed = {n: inside[n] for n in ORDINARY if inside[n] != "OK"}
+    assert not failed, f"refused inside nsmagic: {failed}"

@@ -52,7 +52,11 @@ GUEST_PYTEST = ["-m", "kernel", "-p", "no:cacheprovider", "-o", "faulthandler_ti
                 "tests/test_cgroups.py"]
 # Per-layout replacements of GUEST_PYTEST (e.g. "v2-delegated", whose guest runs the
 # command as uid 65534, where tests that need root skip).
-GUEST_PYTEST_BY_LAYOUT: dict[str, list[str]] = {}
+# Pure v2 and pure v1 also run the block I/O throttles (io.max; blkio on a kernel other than
+# the host's) and the device guards (v2 has no devices controller: the nodev argument).
+GUEST_PYTEST_BY_LAYOUT: dict[str, list[str]] = {
+    layout: GUEST_PYTEST + ["tests/test_blkio.py", "tests/test_devices.py"]
+    for layout in ("v2", "v1")}
 if os.environ.get("NSMAGIC_VM_GUEST_PYTEST"):  # a developer's override, shell words
     GUEST_PYTEST = shlex.split(os.environ["NSMAGIC_VM_GUEST_PYTEST"])
     GUEST_PYTEST_BY_LAYOUT = {}

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from ..errors import CgroupError
-from .base import PREFIX, Cgroup, Limits, Usage, remove_dir
+from .base import PREFIX, Cgroup, DeviceLimit, Limits, Usage, remove_tree, subtree_pids
 from .layout import Layout, detect
 from .v1 import CgroupV1
 from .v2 import LEAF, CgroupV2
 
-__all__ = ["Cgroup", "Layout", "Limits", "Usage", "detect", "group_name", "open_cgroup",
-           "owner_pid", "running", "sweep"]
+__all__ = ["Cgroup", "DeviceLimit", "Layout", "Limits", "Usage", "detect", "group_name",
+           "open_cgroup", "owner_pid", "running", "sweep"]
 
 
 def group_name(run_id: str) -> str:
@@ -74,25 +75,44 @@ def _alive(pid: int) -> bool:
 
 
 def sweep(layout: Layout | None = None) -> list[str]:
-    """Remove groups left by runners that died (SIGKILL, a crashed kernel); returns them."""
+    """Remove groups left by runners that died (SIGKILL, a crashed kernel), child groups
+    first; returns those removed. Never waits: their processes are killed, and a group still
+    busy with a dying one is left for a later sweep (a start must not pay for it)."""
     layout = layout or detect()
+    stale = [path for path in _candidate_dirs(layout) if _is_stale(path)]
+    for path in stale:
+        _kill_all_in(path)
+    _wait_gone(stale)
     removed = []
-    for path in _candidate_dirs(layout):
-        owner = owner_pid(os.path.basename(path))
-        if owner is None or owner == os.getpid() or _alive(owner):
-            continue
+    for path in stale:
         try:
-            with open(os.path.join(path, "cgroup.procs")) as f:
-                for pid in f.read().split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-            remove_dir(path)
+            remove_tree(path, tries=1)
             removed.append(path)
         except (OSError, CgroupError):
             pass
     return removed
+
+
+def _is_stale(path: str) -> bool:
+    owner = owner_pid(os.path.basename(path))
+    return owner is not None and owner != os.getpid() and not _alive(owner)
+
+
+def _wait_gone(paths: list[str], within: float = 0.1) -> None:
+    """A killed process is gone within a millisecond or two: a moment for all of them at
+    once, so that their groups go in this sweep; one that stays (frozen, stuck in the
+    kernel) leaves its group busy for a later sweep."""
+    deadline = time.monotonic() + within
+    while any(subtree_pids(p) for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+def _kill_all_in(path: str) -> None:
+    for pid in subtree_pids(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def running(layout: Layout | None = None) -> list[Cgroup]:

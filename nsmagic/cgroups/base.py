@@ -27,6 +27,9 @@ class Usage:
     oom_kills: int = 0
     pids_current: int = 0
     pids_peak: int | None = None
+    io_read_bytes: int = 0           # block I/O the group did, over every device
+    io_write_bytes: int = 0          # (v1 counts direct I/O only: buffered writes are
+                                     # charged to the flusher, not to the group)
 
     @property
     def working_set(self) -> int:
@@ -35,14 +38,43 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class DeviceLimit:
+    """Block I/O limits on one device (a whole disk), by its major:minor."""
+    major: int
+    minor: int
+    read_bps: int | None = None
+    write_bps: int | None = None
+    read_iops: int | None = None
+    write_iops: int | None = None
+
+    @property
+    def device(self) -> str:
+        return f"{self.major}:{self.minor}"
+
+
+@dataclass(frozen=True)
 class Limits:
     memory: int | None = None
     cpus: float | None = None
     pids: int | None = None
+    io: tuple[DeviceLimit, ...] = ()
+    io_weight: int | None = None     # 10-1000, Docker's --blkio-weight
 
     @property
     def any(self) -> bool:
-        return any(v is not None for v in (self.memory, self.cpus, self.pids))
+        return bool(self.io) or any(v is not None for v in (self.memory, self.cpus, self.pids,
+                                                             self.io_weight))
+
+    @classmethod
+    def of(cls, spec) -> Limits:
+        """The limits a Spec asks for (its --device-* flags merged per device)."""
+        per_device: dict[tuple[int, int], dict] = {}
+        for field_name in ("read_bps", "write_bps", "read_iops", "write_iops"):
+            for rate in getattr(spec, "device_" + field_name):
+                per_device.setdefault((rate.major, rate.minor), {})[field_name] = rate.value
+        io = tuple(DeviceLimit(major, minor, **values)
+                   for (major, minor), values in sorted(per_device.items()))
+        return cls(spec.memory, spec.cpus, spec.pids, io, spec.blkio_weight)
 
 
 CPU_PERIOD_USEC = 100_000
@@ -52,11 +84,12 @@ class Cgroup(ABC):
     """A run's cgroup, in every hierarchy it needs.
 
     Contract: make() makes the group(s); apply() writes self.limits into them; create() does
-    both (a spare makes its group early and gets its limits when its run comes). procs_files()
-    names the files a process writes "0" into to join; usage() reads every counter once (from
-    files kept open) and never raises once the group exists; kill() ends every process in the
-    group and returns when they are gone; destroy() removes the group(s), and may be called
-    more than once.
+    both (a spare makes its group early and gets its limits when its run comes). A new
+    process joins by being cloned into clone_into() (where there is one) and by writing "0"
+    into each of join_files(); procs_files() take any pid. usage() reads every counter once
+    (from files kept open) and never raises once the group exists; kill() ends every process
+    in the group and in groups below it, and returns when they are gone; destroy() removes
+    the group(s), child groups first, and may be called more than once.
     """
 
     version: str = ""
@@ -77,7 +110,12 @@ class Cgroup(ABC):
     def apply(self) -> None: ...
 
     @abstractmethod
-    def procs_files(self) -> list[str]: ...
+    def procs_files(self) -> list[str]:
+        """Each directory's cgroup.procs: any process written there joins."""
+
+    @abstractmethod
+    def join_files(self) -> list[str]:
+        """What a new process writes "0" into to join, once cloned into clone_into()."""
 
     @abstractmethod
     def usage(self) -> Usage: ...
@@ -93,8 +131,8 @@ class Cgroup(ABC):
 
     @abstractmethod
     def clone_into(self) -> str | None:
-        """The directory a process can be cloned straight into (v2), or None (v1: a new
-        process joins by writing procs_files())."""
+        """The cgroup2 directory a process can be cloned straight into (CLONE_INTO_CGROUP),
+        or None; where that fails (an older kernel), it writes "0" into its cgroup.procs."""
 
     @abstractmethod
     def mounts_inside(self) -> tuple[CgroupMount, ...]:
@@ -106,11 +144,13 @@ class Cgroup(ABC):
         """The limits as the kernel holds them (for groups this process did not make)."""
 
     def destroy(self) -> None:
+        """Processes first (the run's and any in child groups a workload made), then the
+        groups, each one's children before it."""
         self.close()
         if self.pids():
             self.kill()
         for path in self.directories():
-            remove_dir(path)
+            remove_tree(path)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -169,11 +209,18 @@ def read_limit(path: str, unlimited_above: int = 1 << 62) -> int | None:
 
 def write(path: str, value: str) -> None:
     try:
-        with open(path, "w") as f:
-            f.write(value)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())   # a cgroup file takes one value or rule a write
+        finally:
+            os.close(fd)
     except OSError as err:
-        raise CgroupError(f"cannot write {value!r} to {path}: {err.strerror.lower()}; "
-                          f"{_hint(err)}") from err
+        raise write_error(path, value, err) from err
+
+
+def write_error(path: str, value: str, err: OSError) -> CgroupError:
+    return CgroupError(f"cannot write {value!r} to {path}: {err.strerror.lower()}; "
+                       f"{_hint(err)}")
 
 
 def _hint(err: OSError) -> str:
@@ -196,9 +243,34 @@ def make_dir(path: str) -> None:
                           f"{_hint(err)}") from err
 
 
+def subtree(path: str) -> list[str]:
+    """A group and every group below it (made by a workload with its own cgroup mount, or by
+    a delegated user), deepest first: the order rmdir needs."""
+    found = [here for here, _, _ in os.walk(path)]
+    return sorted(found, key=lambda p: p.count("/"), reverse=True)
+
+
+def subtree_pids(path: str) -> set[int]:
+    """Every process in a group and the groups below it."""
+    found: set[int] = set()
+    for group in subtree(path):
+        try:
+            with open(os.path.join(group, "cgroup.procs")) as f:
+                found.update(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def remove_tree(path: str, tries: int = 50) -> None:
+    """Remove a group with its child groups, children first."""
+    for group in subtree(path):
+        remove_dir(group, tries)
+
+
 def remove_dir(path: str, tries: int = 50) -> None:
     """rmdir; a group whose last process just died can stay busy for a moment."""
-    for _ in range(tries):
+    for attempt in range(tries):
         try:
             os.rmdir(path)
             return
@@ -207,6 +279,7 @@ def remove_dir(path: str, tries: int = 50) -> None:
         except OSError as err:
             if err.errno != errno.EBUSY:
                 raise CgroupError(f"cannot remove cgroup {path}: {err.strerror.lower()}") from err
-            time.sleep(0.01)
+            if attempt + 1 < tries:
+                time.sleep(0.01)
     raise CgroupError(f"cannot remove cgroup {path}: still busy after {tries * 10} ms; "
                       "a process in it did not die.")

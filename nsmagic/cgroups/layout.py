@@ -7,13 +7,18 @@ import os
 from dataclasses import dataclass, field
 
 WANTED_V1 = ("memory", "cpu", "cpuacct", "pids")
-WANTED_V2 = ("memory", "cpu", "pids")
+WANTED_V2 = ("memory", "cpu", "pids", "io")
+# Options of a v1 cgroup mount that name no controller (the others are controllers, or
+# "name=..." for a named hierarchy such as systemd's).
+_NOT_CONTROLLERS = {"rw", "ro", "none", "all", "noprefix", "clone_children", "xattr",
+                    "cpuset_v2_mode", "favordynmods"}
 
 
 @dataclass
 class Layout:
     kind: str                                             # "v2", "v1", "hybrid" or "none"
-    v1_mounts: dict[str, str] = field(default_factory=dict)   # controller -> mount point
+    # controller (or "name=..." for a named hierarchy) -> mount point, for every v1 hierarchy
+    v1_mounts: dict[str, str] = field(default_factory=dict)
     v2_mount: str | None = None
     v1_paths: dict[str, str] = field(default_factory=dict)    # controller -> our group path
     v2_path: str | None = None                                 # our group path in cgroup2
@@ -61,7 +66,7 @@ def detect(mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/proc/self/cg
                     v2_mount, v2_root = point, root
             elif fstype == "cgroup":
                 for opt in options:
-                    if opt in WANTED_V1 or opt.startswith("name="):
+                    if opt not in _NOT_CONTROLLERS and not opt.startswith("release_agent="):
                         v1_mounts.setdefault(opt, point)
                         v1_roots.setdefault(opt, root)
     v1_paths: dict[str, str] = {}

@@ -1,8 +1,12 @@
-"""cgroup v1 backend: one directory per controller hierarchy (memory, cpuacct, pids, and cpu
-when there is a quota), each run's group nested under the caller's own group there.
+"""cgroup v1 backend: one directory per hierarchy, each run's group nested under the caller's
+own group there. A run has a group in every hierarchy that is mounted (as runc does), so
+that its cgroup namespace is rooted at its own group everywhere: a cgroup file system
+mounted from inside (a nested namespace) shows the run's own group, never the host's tree.
+On a hybrid host that includes the controller-less cgroup2.
 
-Joining a v1 group costs an RCU grace period per hierarchy (1-5 ms each, measured here: the
-largest single step of a start), so a run joins only the hierarchies it uses. Killing needs no
+Joining costs nothing much: PID 1 writes "0" to each `tasks` file, which moves only the
+writing thread (PID 1 has one) and so skips the global lock whose every write to
+cgroup.procs waits for an RCU grace period (1-10 ms each, measured here). Killing needs no
 freezer: a run's processes live in its PID namespace, which dies with its PID 1, and the
 pids limit bounds what a kill loop has to chase."""
 
@@ -23,9 +27,23 @@ from .base import (
     read_int,
     read_keyed,
     read_limit,
+    subtree_pids,
     write,
+    write_error,
 )
 from .layout import Layout
+
+# Docker's default device allow-list: nothing, then mknod of any node (opening it is what
+# counts), null zero full random urandom, tty console ptmx, the pty slaves and tun.
+DEVICE_RULES = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm",
+                "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",
+                "c 10:200 rwm")
+THROTTLE_FILES = (("read_bps", "blkio.throttle.read_bps_device"),
+                  ("write_bps", "blkio.throttle.write_bps_device"),
+                  ("read_iops", "blkio.throttle.read_iops_device"),
+                  ("write_iops", "blkio.throttle.write_iops_device"))
+WEIGHT_FILES = ("blkio.weight", "blkio.bfq.weight")   # CFQ's (before 5.0), then BFQ's
+SERVICE_BYTES = ("blkio.throttle.io_service_bytes_recursive", "blkio.throttle.io_service_bytes")
 
 
 class CgroupV1(Cgroup):
@@ -35,14 +53,16 @@ class CgroupV1(Cgroup):
         super().__init__(name, limits)
         self.layout = layout
         self.dirs: dict[str, str] = {}
-        wanted = ["memory", "cpuacct", "pids"] + (["cpu"] if limits.cpus is not None else [])
-        for controller in wanted:
+        for controller in layout.v1_mounts:
             parent = layout.v1_dir(controller)
             if parent is not None:
                 self.dirs[controller] = os.path.join(parent, name)
-        if limits.memory is not None and "memory" not in self.dirs:
-            raise CgroupError("the memory controller is not mounted; mount cgroup v1 memory "
-                              "or drop --mem.")
+        # hybrid: the cgroup2 beside, made as root only (it limits nothing; it is there so
+        # that the namespace's root in that hierarchy is the run's too)
+        self.unified_parent: str | None = None
+        self.unified: str | None = None
+        self._io_file = SERVICE_BYTES[0]
+        _check_mounted(limits, self.dirs)
 
     @classmethod
     def attach(cls, name: str, dirs: dict[str, str]) -> CgroupV1:
@@ -51,6 +71,8 @@ class CgroupV1(Cgroup):
         Cgroup.__init__(cg, name, Limits())
         cg.layout = None
         cg.dirs = dict(dirs)
+        cg.unified_parent = cg.unified = None
+        cg._io_file = SERVICE_BYTES[0]
         cg.limits = cg.read_limits()
         return cg
 
@@ -64,28 +86,73 @@ class CgroupV1(Cgroup):
             pids=read_limit(f"{d['pids']}/pids.max") if "pids" in d else None)
 
     def directories(self) -> list[str]:
-        return sorted(set(self.dirs.values()))   # cpu and cpuacct may share one mount
+        v1 = sorted(set(self.dirs.values()))   # co-mounted controllers share one directory
+        return v1 + ([self.unified] if self.unified else [])
 
     def clone_into(self) -> str | None:
-        return None
+        return self.unified
+
+    def join_files(self) -> list[str]:
+        return [os.path.join(p, "tasks") for p in sorted(set(self.dirs.values()))]
+
+    def procs_files(self) -> list[str]:
+        return [os.path.join(p, "cgroup.procs") for p in self.directories()]
 
     def mounts_inside(self) -> tuple[CgroupMount, ...]:
-        """Only the hierarchies the run joined: another would show the host's whole tree."""
-        mounts = self.layout.v1_mounts
-        joined = {mounts[c] for c in self.dirs if c in mounts}
+        """Every controller's hierarchy, each showing the run's own group."""
         by_point: dict[str, list[str]] = {}
-        for controller, point in mounts.items():
-            if not controller.startswith("name=") and point in joined:
+        for controller, point in self.layout.v1_mounts.items():
+            if not controller.startswith("name=") and controller in self.dirs:
                 by_point.setdefault(point, []).append(controller)
         return tuple(CgroupMount("cgroup", os.path.basename(p), ",".join(c))
                      for p, c in sorted(by_point.items()))
 
     def make(self) -> None:
-        for path in self.directories():
+        for path in sorted(set(self.dirs.values())):
             make_dir(path)
+        self._inherit_cpuset()
+        self._allow_devices()
+        if self.layout.v2_mount and os.geteuid() == 0:
+            from .v2 import run_parent
+            self.unified_parent = run_parent(self.layout)
+            self.unified = os.path.join(self.unified_parent, self.name)
+            make_dir(self.unified)
+
+    def _inherit_cpuset(self) -> None:
+        """A new cpuset group has no CPUs and no memory nodes, and no task may join it
+        until it has: the parent's, as runc does."""
+        d = self.dirs.get("cpuset")
+        for name in ("cpuset.cpus", "cpuset.mems") if d else ():
+            if not _read_text(f"{d}/{name}"):
+                write(f"{d}/{name}", _read_text(f"{os.path.dirname(d)}/{name}"))
+
+    def _allow_devices(self) -> None:
+        """Docker's allow-list, written when the group is made (a spare's: before its run):
+        a device node an image or a volume brings opens nothing outside the list."""
+        d = self.dirs.get("devices")
+        if d is None:
+            return
+        write(f"{d}/devices.deny", "a")
+        path = f"{d}/devices.allow"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise write_error(path, DEVICE_RULES[0], err) from err
+        try:
+            for rule in DEVICE_RULES:
+                try:
+                    os.write(fd, rule.encode())      # one rule a write, one open for all
+                except PermissionError:
+                    pass   # the caller's own group lacks it (nsmagic inside a container): it
+                           # cannot be granted below, so it stays denied, the safe side
+                except OSError as err:
+                    raise write_error(path, rule, err) from err
+        finally:
+            os.close(fd)
 
     def apply(self) -> None:
         m, d = self.limits, self.dirs
+        _check_mounted(m, d)
         # --- memory: the limit, and swap held at zero so the limit is real
         if m.memory is not None:
             write(f"{d['memory']}/memory.limit_in_bytes", str(m.memory))
@@ -96,20 +163,18 @@ class CgroupV1(Cgroup):
                 write(f"{d['memory']}/memory.swappiness", "0")
         # --- cpu: CFS quota per period
         if m.cpus is not None:
-            if "cpu" not in d:
-                raise CgroupError("the cpu controller is not mounted; mount cgroup v1 cpu "
-                                  "or drop --cpus.")
             write(f"{d['cpu']}/cpu.cfs_period_us", str(CPU_PERIOD_USEC))
             write(f"{d['cpu']}/cpu.cfs_quota_us", str(int(m.cpus * CPU_PERIOD_USEC)))
         # --- pids
         if m.pids is not None:
-            if "pids" not in d:
-                raise CgroupError("the pids controller is not mounted; mount cgroup v1 pids "
-                                  "or drop --pids.")
             write(f"{d['pids']}/pids.max", str(m.pids))
-
-    def procs_files(self) -> list[str]:
-        return [os.path.join(p, "cgroup.procs") for p in self.directories()]
+        # --- block I/O: throttles per device, and a weight
+        for limit in m.io:
+            for key, name in THROTTLE_FILES:
+                if getattr(limit, key) is not None:
+                    write(f"{d['blkio']}/{name}", f"{limit.device} {getattr(limit, key)}")
+        if m.io_weight is not None:
+            write(_weight_file(d["blkio"]), str(m.io_weight))
 
     def usage(self) -> Usage:
         d, now = self.dirs, time.monotonic()
@@ -132,20 +197,35 @@ class CgroupV1(Cgroup):
         if "pids" in d:
             u.pids_current = read_int(self._read(f"{d['pids']}/pids.current")) or 0
             u.pids_peak = read_int(self._read(f"{d['pids']}/pids.peak"))
+        # --- block I/O
+        if "blkio" in d:
+            u.io_read_bytes, u.io_write_bytes = self._service_bytes(d["blkio"])
         return u
+
+    def _service_bytes(self, d: str) -> tuple[int, int]:
+        text = self._read(f"{d}/{self._io_file}")
+        if text is None and self._io_file == SERVICE_BYTES[0]:   # a kernel before 4.17
+            self._io_file = SERVICE_BYTES[1]
+            text = self._read(f"{d}/{self._io_file}")
+        read = written = 0
+        for line in (text or "").splitlines():   # "8:0 Read 4096", ..., "Total 8192"
+            parts = line.split()
+            if len(parts) == 3 and parts[2].isdigit():
+                if parts[1] == "Read":
+                    read += int(parts[2])
+                elif parts[1] == "Write":
+                    written += int(parts[2])
+        return read, written
 
     def pids(self) -> list[int]:
         found: set[int] = set()
-        for path in self.procs_files():
-            try:
-                with open(path) as f:
-                    found.update(int(p) for p in f.read().split())
-            except OSError:
-                pass
+        for path in self.directories():
+            found |= subtree_pids(path)
         return sorted(found)
 
     def kill(self) -> None:
-        """SIGKILL every process until none is left (v1 has no cgroup.kill)."""
+        """SIGKILL every process, in child groups too, until none is left (v1 has no
+        cgroup.kill)."""
         for _ in range(200):
             pids = self.pids()
             if not pids:
@@ -157,3 +237,38 @@ class CgroupV1(Cgroup):
                     pass
             time.sleep(0.005)
         raise CgroupError(f"cannot kill the processes of {self.name}: they kept coming back.")
+
+    def destroy(self) -> None:
+        super().destroy()
+        if self.unified_parent:
+            from .v2 import remove_shared_parent
+            remove_shared_parent(self.unified_parent)
+
+
+def _check_mounted(limits: Limits, dirs: dict[str, str]) -> None:
+    """Each limit asked for needs its controller's hierarchy."""
+    for wanted, controller, flag in ((limits.memory, "memory", "--mem"),
+                                     (limits.cpus, "cpu", "--cpus"),
+                                     (limits.pids, "pids", "--pids"),
+                                     (limits.io or limits.io_weight, "blkio",
+                                      "--device-* and --blkio-weight")):
+        if wanted and controller not in dirs:
+            raise CgroupError(f"the {controller} controller is not mounted; mount cgroup v1 "
+                              f"{controller} or drop {flag}.")
+
+
+def _weight_file(d: str) -> str:
+    for name in WEIGHT_FILES:
+        if os.path.exists(f"{d}/{name}"):
+            return f"{d}/{name}"
+    raise CgroupError("--blkio-weight needs a proportional I/O scheduler, and this kernel has "
+                      f"none for cgroups ({' and '.join(WEIGHT_FILES)} are missing); load BFQ "
+                      "(modprobe bfq) and select it for the disk, or drop --blkio-weight.")
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""

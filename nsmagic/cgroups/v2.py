@@ -20,10 +20,13 @@ from .base import (
     read_int,
     read_keyed,
     read_limit,
+    subtree_pids,
     write,
 )
 from .layout import WANTED_V2, Layout
 
+IO_MAX_KEYS = (("rbps", "read_bps"), ("wbps", "write_bps"), ("riops", "read_iops"),
+               ("wiops", "write_iops"))
 # The leaf a delegated group's own processes move to (the runner, and whatever else the
 # group held: a Jupyter server, other kernels). Never swept: it holds live processes.
 LEAF = "nsmagic-leaf"
@@ -109,6 +112,9 @@ class CgroupV2(Cgroup):
     def clone_into(self) -> str | None:
         return self.dir
 
+    def join_files(self) -> list[str]:
+        return []     # cloned into its group
+
     def mounts_inside(self) -> tuple[CgroupMount, ...]:
         return (CgroupMount("cgroup2", "", ""),)
 
@@ -121,7 +127,9 @@ class CgroupV2(Cgroup):
         enabled = _available(self.dir)
         m = self.limits
         for flag, value, controller in (("--mem", m.memory, "memory"), ("--cpus", m.cpus, "cpu"),
-                                        ("--pids", m.pids, "pids")):
+                                        ("--pids", m.pids, "pids"),
+                                        ("--device-* and --blkio-weight",
+                                         m.io or m.io_weight, "io")):
             if value is not None and controller not in enabled:
                 raise CgroupError(f"the {controller} controller is not available in "
                                   f"{self.parent}; enable it in its cgroup.subtree_control "
@@ -137,6 +145,13 @@ class CgroupV2(Cgroup):
         # --- pids
         if m.pids is not None:
             write(f"{self.dir}/pids.max", str(m.pids))
+        # --- block I/O: one io.max line per device, and a weight
+        for limit in m.io:
+            keys = [f"{key}={getattr(limit, field)}" for key, field in IO_MAX_KEYS
+                    if getattr(limit, field) is not None]
+            write(f"{self.dir}/io.max", f"{limit.device} {' '.join(keys)}")
+        if m.io_weight is not None:
+            write(*_weight(self.dir, m.io_weight))
 
     def procs_files(self) -> list[str]:
         return [f"{self.dir}/cgroup.procs"]
@@ -156,14 +171,12 @@ class CgroupV2(Cgroup):
         # --- pids
         u.pids_current = read_int(self._read(f"{d}/pids.current")) or 0
         u.pids_peak = read_int(self._read(f"{d}/pids.peak"))
+        # --- block I/O
+        u.io_read_bytes, u.io_write_bytes = _io_bytes(self._read(f"{d}/io.stat"))
         return u
 
     def pids(self) -> list[int]:
-        try:
-            with open(f"{self.dir}/cgroup.procs") as f:
-                return sorted(int(p) for p in f.read().split())
-        except OSError:
-            return []
+        return sorted(subtree_pids(self.dir)) if self.dir else []
 
     def kill(self) -> None:
         if os.path.exists(f"{self.dir}/cgroup.kill"):     # 5.14+: one write kills the group
@@ -190,9 +203,40 @@ class CgroupV2(Cgroup):
 
     def destroy(self) -> None:
         super().destroy()
-        # The shared `nsmagic` parent goes when the last run leaves it; a busy one stays.
-        if self.parent and os.geteuid() == 0 and os.path.basename(self.parent) == "nsmagic":
-            try:
-                os.rmdir(self.parent)
-            except OSError:
-                pass
+        if self.parent:
+            remove_shared_parent(self.parent)
+
+
+def remove_shared_parent(parent: str) -> None:
+    """The shared `nsmagic` parent (root's) goes when the last run leaves it; a busy one
+    stays."""
+    if os.geteuid() == 0 and os.path.basename(parent) == "nsmagic":
+        try:
+            os.rmdir(parent)
+        except OSError:
+            pass
+
+
+def _io_bytes(text: str | None) -> tuple[int, int]:
+    """io.stat: "8:0 rbytes=4096 wbytes=0 rios=1 ..." per device, summed."""
+    read = written = 0
+    for line in (text or "").splitlines():
+        for pair in line.split()[1:]:
+            key, _, value = pair.partition("=")
+            if key == "rbytes":
+                read += int(value)
+            elif key == "wbytes":
+                written += int(value)
+    return read, written
+
+
+def _weight(d: str, weight: int) -> tuple[str, str]:
+    """BFQ's io.bfq.weight takes Docker's 10-1000 as it is; io.weight (the iocost
+    controller) has 1-10000, mapped from 10-1000 linearly as runc maps it."""
+    if os.path.exists(f"{d}/io.bfq.weight"):
+        return f"{d}/io.bfq.weight", str(weight)
+    if os.path.exists(f"{d}/io.weight"):
+        return f"{d}/io.weight", f"default {1 + (weight - 10) * 9999 // 990}"
+    raise CgroupError("--blkio-weight needs a proportional I/O controller, and this kernel has "
+                      "none for cgroups (io.bfq.weight and io.weight are missing); load BFQ "
+                      "(modprobe bfq) and select it for the disk, or drop --blkio-weight.")

@@ -86,7 +86,7 @@ def start(boot: BootConfig, fds: list[int], parent_alive: int) -> tuple[int, int
         except OSError as err:
             if cgroup_fd is None or err.errno not in (errno.ENOSYS, errno.EINVAL, errno.E2BIG):
                 raise
-            joined = False     # an older kernel: join by writing cgroup.procs
+            joined = False     # an older kernel: PID 1 writes its cgroup.procs
             pid, pidfd = linux.clone(namespace_flags(boot))
     except OSError as err:
         raise SetupError(f"can't create namespaces (pid, mount, uts, ipc, net"
@@ -121,8 +121,8 @@ def _become_init(boot: BootConfig, fds: list[int], parent_alive: int, joined: bo
         _tie_to_parent(held)
         if boot.rootless and not boot.unconfined:
             _map_root_to_caller(boot.uid, boot.gid)
-        if not joined:
-            _join_cgroup(boot.cgroup_procs)
+        late = () if joined or not boot.cgroup_dir else (f"{boot.cgroup_dir}/cgroup.procs",)
+        _join_cgroup(boot.cgroup_procs + late)
         control = socket.socket(fileno=CONTROL_FD)
         if boot.run is not None:          # a ready spare: its run came with its boot
             status.profile(True)           # the runner keeps the marks if it wants them
@@ -141,9 +141,21 @@ def _become_init(boot: BootConfig, fds: list[int], parent_alive: int, joined: bo
     except SetupError as err:
         status.send(error=str(err), code=EXIT_SETUP)
     except BaseException as err:  # noqa: BLE001 - a PID 1 must never print a traceback
-        status.send(error=f"container setup failed: {err!r}", code=EXIT_SETUP)
+        status.send(error=unexpected(err), code=EXIT_SETUP)
     finally:
         os._exit(EXIT_SETUP)
+
+
+def unexpected(err: BaseException) -> str:
+    """A sentence for a failure no setup step named (a step's own is a SetupError): the
+    system's words and the path, not a Python repr."""
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if err.filename else ""
+        what = (err.strerror or str(err)).lower() + where
+    else:
+        what = str(err) or type(err).__name__
+    return (f"container setup failed: {what}; run `nsmagic info` to see what this machine "
+            "allows, and report it if that shows nothing missing.")
 
 
 def _settle_fds(fds: list[int], parent_alive: int) -> None:
@@ -171,6 +183,7 @@ def _tie_to_parent(held: set) -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, held)
     linux.set_name("nsmagic-spare")
+    linux.set_title("nsmagic-spare")   # not the cloned runner's command line and environment
 
 
 def _map_root_to_caller(uid: int, gid: int) -> None:
@@ -181,8 +194,8 @@ def _map_root_to_caller(uid: int, gid: int) -> None:
 
 
 def _join_cgroup(procs_files: tuple[str, ...]) -> None:
-    """Joining a v1 group waits for an RCU grace period (~10 ms here): a spare pays it
-    before its run is even asked for."""
+    """v1: "0" into each hierarchy's `tasks` moves this thread alone (PID 1 has no other),
+    which spares the RCU grace period every cgroup.procs write waits for (1-10 ms here)."""
     for path in procs_files:
         try:
             with open(path, "w") as f:
@@ -195,6 +208,9 @@ def _join_cgroup(procs_files: tuple[str, ...]) -> None:
 def _init(cfg: RunConfig, status: Status, go: socket.socket | None = None) -> None:
     """PID 1: set the container up, then run the workload (see workload.run). With `go` (a
     ready spare), it waits there for the run once the workload is started."""
+    # A ready spare's cell runs as soon as the runner says "go": its command line is the
+    # run's from now on; its name (what `nsmagic ps` tells spares by) changes once taken.
+    linux.set_title("nsmagic-init")
     if go is None:
         linux.set_name("nsmagic-init")
     linux.prctl(linux.PR_SET_DUMPABLE, 0)   # no /proc/1/exe for the workload (CVE-2019-5736)

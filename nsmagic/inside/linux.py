@@ -1,5 +1,6 @@
 """The system calls Python's os module lacks (clone into namespaces, mount, pivot_root, prctl,
-capset), through ctypes. Each raises OSError with errno, as the os module does.
+capset, keyctl) and the process title, through ctypes. Each raises OSError with errno, as the
+os module does.
 
 System call numbers differ between architectures: one table per architecture, and an
 architecture without one is refused with a sentence, never guessed."""
@@ -148,18 +149,7 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
     return _check(_libc.prctl(option, arg2, arg3, 0, 0))
 
 
-# --- capabilities (the names are the kernel's, without CAP_)
-
-CAPABILITIES = {
-    "CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5,
-    "SETGID": 6, "SETUID": 7, "SETPCAP": 8, "LINUX_IMMUTABLE": 9, "NET_BIND_SERVICE": 10,
-    "NET_BROADCAST": 11, "NET_ADMIN": 12, "NET_RAW": 13, "IPC_LOCK": 14, "IPC_OWNER": 15,
-    "SYS_MODULE": 16, "SYS_RAWIO": 17, "SYS_CHROOT": 18, "SYS_PTRACE": 19, "SYS_PACCT": 20,
-    "SYS_ADMIN": 21, "SYS_BOOT": 22, "SYS_NICE": 23, "SYS_RESOURCE": 24, "SYS_TIME": 25,
-    "SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28, "AUDIT_WRITE": 29, "AUDIT_CONTROL": 30,
-    "SETFCAP": 31, "MAC_OVERRIDE": 32, "MAC_ADMIN": 33, "SYSLOG": 34, "WAKE_ALARM": 35,
-    "BLOCK_SUSPEND": 36, "AUDIT_READ": 37, "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
-}
+# --- capabilities, as bit masks (bit n = capability n; names: security/capabilities.py)
 
 
 class _CapHeader(ctypes.Structure):
@@ -181,12 +171,12 @@ def cap_last_cap(cache=[]) -> int:  # noqa: B006 - read once per fork server, on
     return cache[0]
 
 
-def limit_capabilities(keep: frozenset[str]) -> None:
-    """Drop every capability not named in `keep` from the bounding, inheritable and ambient
-    sets, so that neither exec (even as root) nor a file capability can bring them back."""
-    numbers = {CAPABILITIES[name] for name in keep}
+def limit_bounding_set(keep: int) -> None:
+    """Drop every capability whose bit is not in `keep` from the bounding set, and empty the
+    ambient set: then no exec, even as root or of a file with capabilities, brings the rest
+    back. Needs CAP_SETPCAP, so it comes before any other capability is given up."""
     for cap in range(cap_last_cap() + 1):
-        if cap not in numbers:
+        if not keep >> cap & 1:
             try:
                 prctl(PR_CAPBSET_DROP, cap)
             except OSError:
@@ -194,20 +184,70 @@ def limit_capabilities(keep: frozenset[str]) -> None:
     try:
         prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
-        pass
+        pass  # a kernel before 4.3 has no ambient set
+
+
+def set_capabilities(permitted: int, inheritable: int = 0) -> None:
+    """This process's permitted and effective sets become `permitted` (less what it no
+    longer holds: a set can only shrink), its inheritable set `inheritable`."""
     header = _CapHeader(_CAP_V3, 0)
     data = (_CapData * 2)()
     _check(_libc.syscall(syscall_number("capget"), ctypes.byref(header), ctypes.byref(data)))
-    mask = [sum(1 << c for c in numbers if c // 32 == i) for i in (0, 1)]
     for i in (0, 1):
-        data[i].inheritable &= mask[i]
+        keep = permitted >> (32 * i) & 0xFFFFFFFF
+        data[i].permitted &= keep
+        data[i].effective = data[i].permitted
+        data[i].inheritable = inheritable >> (32 * i) & 0xFFFFFFFF & data[i].permitted
     _check(_libc.syscall(syscall_number("capset"), ctypes.byref(header), ctypes.byref(data)))
 
+
+# --- keyrings
+
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def join_new_session_keyring() -> None:
+    """Replace this process's session keyring with a new anonymous one, which its children
+    inherit: the keys of whoever started nsmagic stay out of reach."""
+    _check(_libc.syscall(ctypes.c_long(syscall_number("keyctl")),
+                         ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None))
+
+
+# --- the process's name and command line
 
 def set_name(name: str) -> None:
     """The process name `ps` shows in its COMMAND column (comm, 15 bytes)."""
     buf = ctypes.create_string_buffer(name.encode()[:15])
     _libc.prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0)
+
+
+_areas: list[tuple[int, int, int, int]] = []
+
+
+def set_title(title: str) -> None:
+    """`title` as this process's whole command line (/proc/<pid>/cmdline), its environment
+    wiped: a clone of a Python process keeps that process's argv and environ
+    in its memory (the venv's path, volumes, -e values), readable by anyone through /proc.
+
+    Both areas are overwritten in place, as setproctitle does: prctl(PR_SET_MM) could move
+    them, but it needs CAP_SYS_RESOURCE in the host's user namespace. The area's last byte
+    stays non-zero: the kernel then shows the area up to its first NUL (the setproctitle
+    case), where it would otherwise show every NUL byte after the title too."""
+    if not _areas:   # where argv and environ are: fields 48-51 of /proc/self/stat
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()    # fields[0] is field 3
+        _areas.append(tuple(int(n) for n in fields[45:49]))
+        _libc.clearenv()   # environ's pointers point into the area wiped below
+    arg_start, arg_end, env_start, env_end = _areas[0]
+    size = arg_end - arg_start
+    if size < 2:
+        return
+    text = title.encode()[:size - 2]
+    ctypes.memset(arg_start, 0, size - 1)
+    ctypes.memmove(arg_start, text, len(text))
+    ctypes.memset(arg_end - 1, ord(" "), 1)
+    if env_end > env_start:
+        ctypes.memset(env_start, 0, env_end - env_start)
 
 
 def loopback_up() -> None:

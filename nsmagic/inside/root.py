@@ -208,17 +208,22 @@ def _detached_copy(bind: Bind) -> _Tree:
     return tree
 
 
-def remount_tree(path: str, flags: int) -> None:
-    """The fallback of mount_setattr(AT_RECURSIVE): remount the mount at `path` and every
-    mount under it with `flags` added, one by one, deepest last (a read-only volume is then
-    read-only all the way down on an older kernel too)."""
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below `path` in this mount namespace."""
     points = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             point = line.split()[4].encode().decode("unicode_escape")   # \040 is a space
             if point == path or point.startswith(path.rstrip("/") + "/"):
                 points.append(point)
-    for point in sorted(points, key=len):
+    return points
+
+
+def remount_tree(path: str, flags: int) -> None:
+    """The fallback of mount_setattr(AT_RECURSIVE): remount the mount at `path` and every
+    mount under it with `flags` added, one by one, deepest last (a read-only volume is then
+    read-only all the way down on an older kernel too)."""
+    for point in sorted(mounts_under(path), key=len):
         kept = sum(ms for st, ms in _KEPT_FLAGS if os.statvfs(point).f_flag & st)
         if os.statvfs(point).f_flag & os.ST_RDONLY:
             kept |= MS_RDONLY

@@ -1,7 +1,16 @@
 """PID 1, once the container is built: make PID 1 itself what the workload starts from (cwd,
-capabilities, ids, no_new_privs: PID 1 needs none of its privileges any more), posix_spawn
-the workload (a vfork, not a copy of this Python process), forward signals to it, reap every
-orphan, and exit with the workload's status. Stdlib only."""
+a fresh session keyring, capabilities, ids, no_new_privs, the seccomp filter), posix_spawn the
+workload (a vfork, not a copy of this Python process), give up PID 1's own capabilities,
+forward signals to the workload, reap every orphan, and exit with the workload's status.
+Stdlib only.
+
+Why the workload gets exactly KEEP_CAPABILITIES (the kernel's cap_bprm_creds_from_file): a
+root exec gets permitted = bounding | inheritable, and under no_new_privs whatever it would
+gain is cut down to the permitted set it had before the exec, PID 1's. So PID 1 keeps KEEP as
+its permitted and effective set until the workload is spawned, then drops to none: it only
+forwards signals to and reaps processes of its own uid, which takes no capability. The
+inheritable set stays empty, as in Docker since CVE-2022-24769: inheritable file
+capabilities would otherwise give a non-root workload capabilities on exec."""
 
 from __future__ import annotations
 
@@ -14,12 +23,13 @@ import time
 
 from ..config import RunConfig
 from ..errors import SetupError
+from ..security import capabilities, seccomp
 from . import linux
 
-# Docker's default capability set, less MKNOD (there is no device cgroup to back it).
-KEEP_CAPABILITIES = frozenset((
-    "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
-    "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "AUDIT_WRITE", "SETFCAP"))
+# Docker's default capability set, less MKNOD (there is no device cgroup to back it). The
+# runner compiles the seccomp filter for this set: rules depend on the capabilities kept.
+KEEP_CAPABILITIES = capabilities.DOCKER_DEFAULT - {"CAP_MKNOD"}
+_KEEP = capabilities.mask(KEEP_CAPABILITIES)
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE)
 EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 126, 127
@@ -28,7 +38,8 @@ EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 126, 127
 def run(cfg: RunConfig, status, go: socket.socket | None = None) -> None:
     """Never returns: PID 1 exits with the workload's status."""
     env = dict(cfg.env)
-    _drop_privileges(cfg)
+    _enter_workdir(cfg.workdir)
+    _drop_privileges(cfg, status)
     try:
         path = find(cfg.argv[0], env)
     except OSError as err:
@@ -36,28 +47,75 @@ def run(cfg: RunConfig, status, go: socket.socket | None = None) -> None:
     forward_to: list[int] = []
     for sig in FORWARDED:
         signal.signal(sig, lambda s, _f: [_kill_group(p, s) for p in forward_to])
+    # Held until the workload's pid is known: a signal sent as soon as the workload writes
+    # (SIGPIPE for a closed reader, Ctrl-C) would otherwise find nobody to forward to.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     pid = _spawn(cfg, path, env, status)
     forward_to.append(pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     status.mark("workload spawned")
     if go is not None:   # a ready spare; dropped unused, it takes its interpreter along
         _wait_for_go(go, pid, status)
+    else:
+        _drop_own_capabilities()
     _reap_until(pid, status)
 
 
-def _drop_privileges(cfg: RunConfig) -> None:
+def _enter_workdir(workdir: str) -> None:
     try:
-        os.makedirs(cfg.workdir, exist_ok=True)
-        os.chdir(cfg.workdir)
-        if not os.getcwd().startswith("/"):   # a cwd outside the root (CVE-2024-21626)
-            raise SetupError(f"the working directory {cfg.workdir} is outside the container.")
-        linux.limit_capabilities(KEEP_CAPABILITIES)   # needs CAP_SETPCAP: before any setuid
+        os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
+    except OSError as err:
+        why = ("not a directory" if err.errno in (errno.EEXIST, errno.ENOTDIR)
+               else err.strerror.lower())
+        raise SetupError(f"can't make the working directory {workdir} in the container: "
+                         f"{why}; give -w a directory the container has or can create, "
+                         "such as /tmp/work.") from err
+    if not os.getcwd().startswith("/"):   # a cwd outside the root (CVE-2024-21626)
+        raise SetupError(f"the working directory {workdir} is outside the container.")
+
+
+def _drop_privileges(cfg: RunConfig, status) -> None:
+    """In this order: the bounding set while CAP_SETPCAP is held; the keyring; the ids (their
+    calls need CAP_SETUID/CAP_SETGID); the capabilities the workload starts with;
+    no_new_privs; the filter last, so that none of these calls need be allowed by it."""
+    try:
+        linux.limit_bounding_set(_KEEP)
+        if not cfg.unconfined:
+            _join_new_session_keyring()
         if cfg.user:
             os.setgroups([])
             os.setgid(cfg.user[1])
             os.setuid(cfg.user[0])
+        linux.set_capabilities(_KEEP)
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     except OSError as err:
-        raise SetupError(f"can't prepare the workload: {err}") from err
+        raise SetupError(f"can't drop the workload's privileges: {err.strerror.lower()}.") \
+            from err
+    status.mark("privileges dropped")
+    if cfg.seccomp is not None:
+        seccomp.load(cfg.seccomp)
+        status.mark("seccomp filter loaded")
+
+
+def _join_new_session_keyring() -> None:
+    """Each run its own session keyring, as runc gives each container: none of the caller's
+    keys (nor root's, as root) are in reach, even with --security-opt seccomp=unconfined."""
+    try:
+        linux.join_new_session_keyring()
+    except OSError as err:
+        if err.errno == errno.ENOSYS:
+            return   # a kernel without keyrings: there are no keys to reach
+        raise SetupError(f"can't give the container a session keyring of its own: "
+                         f"{err.strerror.lower()}; if the key quota is reached, raise "
+                         "/proc/sys/kernel/keys/maxkeys.") from err
+
+
+def _drop_own_capabilities() -> None:
+    """Once the workload runs, PID 1 needs no capability: it signals and reaps processes of
+    its own uid. Not dumpable again: a setuid (--user) resets that flag."""
+    linux.set_capabilities(0)
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)
 
 
 def _spawn(cfg: RunConfig, path: str, env: dict, status) -> int:
@@ -73,7 +131,10 @@ def _spawn(cfg: RunConfig, path: str, env: dict, status) -> int:
 
 
 def _wait_for_go(go: socket.socket, pid: int, status) -> None:
+    """PID 1's capabilities go once the interpreter waits on its stdin (reading its wait
+    channel takes the workload's capabilities) and before the cell can reach it."""
     _await_reading_stdin(pid)
+    _drop_own_capabilities()
     status.mark("interpreter waits for the cell")
     status.send(ready=True)
     if not _taken(go, pid):

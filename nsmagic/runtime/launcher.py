@@ -16,7 +16,7 @@ from ..errors import CgroupError, NsmagicError, SetupError
 from ..spec import Spec
 from . import forkserver, stdio, teardown
 from .pid1 import Pid1
-from .runconfig import run_config
+from .runconfig import run_config, seccomp_filter
 from .spares import Spare, SpareKind, Spares, make_spare, ready_spec
 
 WARM_SPARES = True   # keep one PID 1 ready per kind of run (see Spares)
@@ -56,7 +56,8 @@ class Run:
         self.started = self.ended = 0.0
         self._status_buf = b""
         self._wants_stdio = out is not None, err is not None
-        self.warning: str | None = None
+        self.warning: str | None = None      # a banner: what this run does NOT enforce
+        self._warnings: list[str] = []
         self.primed = False        # its interpreter has its cell's host program (ready spare)
         self.marks: list[tuple[str, float]] = []
         self._refill: list[tuple[SpareKind, cgroups.Layout]] = []
@@ -76,13 +77,14 @@ class Run:
 
     def _start(self) -> Run:
         self.mark("start")
+        self._filter()
         _sweep_once()
         teardown.install_hooks()
         spec, layout = self.spec, cgroups.detect()
         if spec.user and self.rootless and spec.user[0] != 0:
             raise SetupError("--user needs root: without it only root (uid 0) is mapped "
                              "into the container; drop --user or run as root.")
-        kind = SpareKind(self.rootless, spec.network, spec.cpus is not None, spec.unconfined)
+        kind = SpareKind(self.rootless, spec.network, spec.unconfined)
         ready = ready_spec(spec) if READY_SPARES and all(self._wants_stdio) else None
         ready_kind = dataclasses.replace(kind, ready=ready) if ready else None
         spare = None
@@ -105,6 +107,24 @@ class Run:
             raise
         return self
 
+    def _filter(self) -> None:
+        """Compile the seccomp filter here, once per option set (a missing libseccomp fails
+        the run before anything is made); run_config and spares then find it cached."""
+        spec = self.spec
+        _, took = seccomp_filter(spec)
+        if took is not None:
+            self.mark("seccomp filter compiled")
+        if spec.unconfined:
+            self._warn("running UNCONFINED: no namespaces, no overlay and no seccomp filter, "
+                       "so writes reach the host")
+        elif not spec.seccomp:
+            self._warn("seccomp filter OFF (--security-opt seccomp=unconfined): every system "
+                       "call reaches the kernel, nested user namespaces and keyctl included")
+
+    def _warn(self, text: str) -> None:
+        self._warnings.append(text)
+        self.warning = "; ".join(self._warnings)
+
     def _adopt(self, spare: Spare, kinds: list[SpareKind], layout: cgroups.Layout) -> None:
         self.mark("ready spare taken" if spare.kind.ready else
                   "spare taken" if spare.was_spare else "PID 1 cloned (runner)")
@@ -118,21 +138,16 @@ class Run:
         """The run's limits on its group; where there is no group, a banner (rootless) or
         an error (--strict, or root, who should have one)."""
         spec = self.spec
-        limits = cgroups.Limits(spec.memory, spec.cpus, spec.pids)
+        limits = cgroups.Limits.of(spec)
         if self.cgroup and limits.any:
             self.cgroup.limits = limits
             self.cgroup.apply()
-        warnings = []
         if spare.cgroup_error and limits.any:
             if spec.strict or not self.rootless:
                 raise spare.cgroup_error
             self.limits_enforced = False
-            warnings.append(f"limits NOT enforced: {spare.cgroup_error} "
-                            "(--strict makes this an error)")
-        if spec.unconfined:
-            warnings.append("running UNCONFINED: no namespaces and no overlay, so writes "
-                            "reach the host")
-        self.warning = "; ".join(warnings) or None
+            self._warn(f"limits NOT enforced: {spare.cgroup_error} "
+                       "(--strict makes this an error)")
 
     def _go(self, spare: Spare) -> Run:
         """A ready spare: its PID 1 hears "go" (from then on it is this run's, not a spare);

@@ -1,5 +1,5 @@
 """A Spec turned into what PID 1 is sent (config.RunConfig): its root plan, its cgroup's
-files and mounts, its argv and environment."""
+files and mounts, its argv and environment, its seccomp filter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import sys
 from .. import cgroups
 from ..cell import BOOTSTRAP
 from ..config import RunConfig
+from ..inside.workload import KEEP_CAPABILITIES
 from ..rootfs.plan import plan as plan_root
+from ..security import seccomp
 from ..spec import Spec
 
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -34,6 +36,7 @@ def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup
         custom_root=spec.rootfs is not None,
         unconfined=spec.unconfined,
         profile=spec.profile,
+        seccomp=seccomp_filter(spec)[0],
     )
 
 
@@ -43,3 +46,15 @@ def python_argv(spec: Spec) -> tuple[str, ...]:
     if spec.ipython:
         return (sys.executable, "-c", BOOTSTRAP)
     return (sys.executable, "-u", "-")
+
+
+def seccomp_filter(spec: Spec) -> tuple[bytes | None, float | None]:
+    """The BPF program a run's PID 1 loads (None: no filter), and the seconds compiling it
+    took when this call compiled it (None when it came from this process's cache or an
+    earlier process's, see security/filtercache.py). --unconfined runs get none: they have
+    no namespaces to keep either."""
+    if spec.unconfined or not spec.seccomp:
+        return None, None
+    cached = seccomp.is_compiled(KEEP_CAPABILITIES)
+    program = seccomp.compile_filter(KEEP_CAPABILITIES)
+    return program, None if cached else seccomp.compile_cost(KEEP_CAPABILITIES)

@@ -1,8 +1,8 @@
 """Spares: a run's PID 1 made before the run is asked for, in the background, so that a cell
 does not pay for it.
 
-A spare is a PID 1 cloned into its namespaces and joined to its cgroup (the join costs an
-RCU grace period per v1 hierarchy, ~10 ms here). A ready spare, for a Python cell, goes on
+A spare is a PID 1 cloned into its namespaces and joined to its cgroup, whose group is made
+and given its device allow-list (v1) while no run waits. A ready spare, for a Python cell, goes on
 to build the whole container and start the interpreter, which waits for the cell on its
 stdin: the next cell like it only writes its code there."""
 
@@ -33,7 +33,6 @@ class SpareKind:
     """What must be known when PID 1 is cloned: runs of one kind can share spares."""
     rootless: bool
     network: str
-    cpu_quota: bool          # cgroup v1 joins the cpu hierarchy only for runs with --cpus
     unconfined: bool
     # A Python cell's whole container (see ready_spec): with it the spare also builds the
     # root and starts the interpreter, which then waits for the cell on its stdin.
@@ -115,7 +114,7 @@ def make_spare(kind: SpareKind, layout: cgroups.Layout) -> Spare:
            if ready else None)
     boot = BootConfig(
         uid=os.geteuid(), gid=os.getegid(), rootless=kind.rootless, network=kind.network,
-        unconfined=kind.unconfined, cgroup_procs=tuple(cgroup.procs_files()) if cgroup else (),
+        unconfined=kind.unconfined, cgroup_procs=tuple(cgroup.join_files()) if cgroup else (),
         cgroup_dir=cgroup.clone_into() if cgroup else None, run=run)
     ours = theirs = status_r = status_w = None
     pipes, child_ends = {}, []
@@ -168,8 +167,7 @@ def _make_group(kind: SpareKind, run_id: str, layout: cgroups.Layout):
     """The spare's group, made (its limits come with its run; a ready spare's now). A
     group that cannot be made is kept as an error for the run to report or to pass over."""
     ready = kind.ready
-    limits = (cgroups.Limits(ready.memory, ready.cpus, ready.pids) if ready else
-              cgroups.Limits(cpus=1.0 if kind.cpu_quota else None))
+    limits = cgroups.Limits.of(ready) if ready else cgroups.Limits()
     cgroup = None
     try:
         cgroup = cgroups.open_cgroup(run_id, limits, layout)

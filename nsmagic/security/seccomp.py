@@ -5,7 +5,9 @@ Two halves on two sides of the process boundary:
 - compile_filter(caps, arch) runs in the caller (notebook kernel or CLI). It builds the
   filter with libseccomp (ctypes on libseccomp.so.2) from profile.py's rules and returns the
   raw BPF program, an array of struct sock_filter (8 bytes each). It is cached per option
-  set, so a notebook pays for it once, off every run's path. It runs here and not in PID 1
+  set, so a notebook pays for it once, off every run's path, and kept in a private runtime
+  directory for later processes (filtercache.py: each CLI run is one). It runs here and not
+  in PID 1
   because PID 1 works inside a root that may have no libseccomp (busybox, scratch, an
   image), and because compiling costs milliseconds that a run should not pay each time.
 - load(program) runs in PID 1 (or the workload's child) just before the workload starts. It
@@ -31,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import time
 
 from ..errors import NsmagicError, SetupError, SpecError
 
@@ -159,6 +162,8 @@ def _libseccomp() -> ctypes.CDLL:
         "seccomp_arch_remove": (c_int, [ctx, u32]),
         "seccomp_syscall_resolve_name": (c_int, [ctypes.c_char_p]),
         "seccomp_syscall_resolve_name_arch": (c_int, [u32, ctypes.c_char_p]),
+        "seccomp_syscall_resolve_num_arch": (ctypes.c_void_p, [u32, c_int]),
+        "seccomp_version": (ctypes.c_void_p, []),
         "seccomp_rule_add_array": (c_int, [ctx, u32, c_int, ctypes.c_uint,
                                            ctypes.POINTER(_ArgCmp)]),
         "seccomp_attr_set": (c_int, [ctx, c_int, u32]),
@@ -201,7 +206,39 @@ def unknown_syscalls(arch: str | None = None) -> list[str]:
                   and lib.seccomp_syscall_resolve_name(n.encode()) == _NR_SCMP_ERROR)
 
 
+def version() -> str:
+    """This libseccomp's version, "2.5.4"."""
+    fields = ctypes.cast(_libseccomp().seccomp_version(), ctypes.POINTER(ctypes.c_uint * 3))
+    return ".".join(str(n) for n in fields.contents)
+
+
+def refusals(caps: frozenset[str], arch: str | None = None) -> tuple[list[str], list[str]]:
+    """Of the calls this libseccomp knows on `arch` (None: this machine), those the filter for
+    `caps` refuses whatever their arguments, and those it allows only with some (clone
+    without namespace flags, socket but AF_VSOCK, ...). Native calls only: a filter for
+    x86_64 also covers the x86 and x32 ABIs."""
+    from . import profile
+    from .capabilities import parse_all
+    lib, name = _libseccomp(), resolve_arch(arch)
+    token = lib.seccomp_arch_resolve_name(name.encode())
+    libc = ctypes.CDLL(None)
+    libc.free.argtypes = [ctypes.c_void_p]
+    known = set()
+    for number in range(1024):   # every table's native numbers are below 1024
+        text = lib.seccomp_syscall_resolve_num_arch(token, number)
+        if text:
+            known.add(ctypes.string_at(text).decode())
+            libc.free(text)
+    allowed, by_argument = set(), set()
+    for rule in profile.select(parse_all(caps), name, _kernel()):
+        if rule.action == profile.ALLOW:
+            (by_argument if rule.conds else allowed).update(rule.names)
+    by_argument -= allowed
+    return sorted(known - allowed - by_argument), sorted(known & by_argument)
+
+
 _PROGRAMS: dict[tuple[frozenset[str], str | None], bytes] = {}
+_COSTS: dict[tuple[frozenset[str], str, tuple[int, int]], float] = {}   # seconds per compile
 
 
 def compile_filter(caps: frozenset[str], arch: str | None = None) -> bytes:
@@ -211,10 +248,47 @@ def compile_filter(caps: frozenset[str], arch: str | None = None) -> bytes:
     key = (frozenset(caps), arch)
     program = _PROGRAMS.get(key)
     if program is None:
-        from .capabilities import parse_all
-        program = _compile(parse_all(caps), resolve_arch(arch), _kernel())
-        _PROGRAMS[key] = program
+        program = _PROGRAMS[key] = _program(*_filter_key(caps, arch))
     return program
+
+
+def _filter_key(caps, arch) -> tuple[frozenset[str], str, tuple[int, int]]:
+    from .capabilities import parse_all
+    return parse_all(caps), resolve_arch(arch), _kernel()
+
+
+@functools.lru_cache(maxsize=32)
+def _program(caps: frozenset[str], arch: str, kernel: tuple[int, int]) -> bytes:
+    """The filter kept by an earlier process (each CLI run is one, see filtercache), or
+    compiled now and kept."""
+    from . import filtercache
+    from .capabilities import mask
+    kept = filtercache.name(mask(caps), arch, kernel, version())
+    program = filtercache.read(kept)
+    if program is None:
+        began = time.perf_counter()
+        program = _compile(caps, arch, kernel)
+        _COSTS[(caps, arch, kernel)] = time.perf_counter() - began
+        filtercache.write(kept, program)
+    return program
+
+
+def compile_cost(caps: frozenset[str], arch: str | None = None) -> float | None:
+    """The seconds compiling this filter took in this process (None: not compiled here, or
+    read back from an earlier process's). Later calls for it cost a dict lookup."""
+    return _COSTS.get(_filter_key(caps, arch))
+
+
+def is_compiled(caps: frozenset[str], arch: str | None = None) -> bool:
+    """Whether compile_filter(caps, arch) would come from the cache (for --profile)."""
+    return (frozenset(caps), arch) in _PROGRAMS
+
+
+def time_compile(caps: frozenset[str], arch: str | None = None) -> float:
+    """The seconds one compile of this filter takes here, every cache passed by (info)."""
+    began = time.perf_counter()
+    _compile.__wrapped__(*_filter_key(caps, arch))
+    return time.perf_counter() - began
 
 
 @functools.lru_cache(maxsize=32)
