@@ -224,6 +224,8 @@ class ContainerMagics(Magics):
         for var in (spec.out_var, spec.err_var):
             if var:
                 self.shell.user_ns[var] = ""
+        for var in spec.outputs:    # defined, so that the cells after it still run
+            self.shell.user_ns[var] = None
 
     def _unavailable(self, spec):
         from .info import gather, unavailable_reason
