@@ -403,9 +403,10 @@ def _pager(output: Output):
     return show_in_pager
 
 
-def start_shell(output: Output, prompts: Prompts):
+def start_shell(output: Output, prompts: Prompts, warm: bool = True):
     """IPython, as a kernel would have it: the inline matplotlib backend, the notebook's
-    input box; then one cell run ahead, so the first real one finds its caches warm."""
+    input box; then (`warm`: no cell is waiting yet) cells run ahead, so that the first real
+    one finds its caches warm."""
     import builtins
     import getpass
     import importlib.util
@@ -421,7 +422,8 @@ def start_shell(output: Output, prompts: Prompts):
     shell.set_hook("show_in_pager", _pager(output))
     builtins.input, getpass.getpass = prompts.input, prompts.getpass
     warnings.filterwarnings("ignore", message="To exit: use")   # sys.exit in a cell: its code
-    _warm(shell)
+    if warm:
+        _warm(shell)
     return shell
 
 
@@ -477,8 +479,11 @@ class Host:
         os._exit(EXIT_FAILED)
 
     def run(self) -> None:
+        # A container made ahead has no cell yet: time to warm up. Otherwise the cell is
+        # there already, and waits for whatever is done first.
+        waiting = bool(select.select([self.proto], [], [], 0)[0])
         try:
-            shell = start_shell(self.output, Prompts(self.output, self.proto))
+            shell = start_shell(self.output, Prompts(self.output, self.proto), warm=not waiting)
         except ImportError as err:
             self.fail(f"IPython cannot be imported in the container ({err}); a Python cell "
                       "runs through the kernel's own IPython, which must be installed in "
