@@ -80,20 +80,22 @@ class Channel:
         self.error: dict | None = None         # ename, evalue, traceback
         self.failure: str | None = None        # the host could not run the cell
         self.problem: str | None = None        # the channel broke
-        self.outputs: dict[str, tuple[dict, bytes]] = {}
+        self.outputs: dict[str, tuple[dict, memoryview]] = {}
         self.ended = False
 
-    def opening(self, run, out, err) -> bytes:
-        """The bytes for the cell's stdin at the start; `out` and `err` take its text."""
+    def opening(self, run, out, err) -> list[bytes]:
+        """The buffers for the cell's stdin at the start, in order (a --input's pickle is
+        one of them, not copied); `out` and `err` take the cell's text."""
         self.run, self.out, self.err = run, out, err
         cell = {"code": self.spec.script or "", "inputs": [name for name, _ in self.inputs],
                 "outputs": list(self.spec.outputs), "count": self.count,
                 "colors": self.colors, "profile": self.spec.profile}
         parts = [] if getattr(run, "primed", False) else [host.program()]
         parts.append(host.pack_json(host.CELL, cell))
-        parts += [host.pack(host.VALUE, name.encode() + b"\0" + data)
-                  for name, data in self.inputs]
-        return b"".join(parts)
+        for name, data in self.inputs:
+            label = name.encode() + b"\0"
+            parts += [host.HEADER.pack(host.VALUE, len(label) + len(data)) + label, data]
+        return parts
 
     def sent(self) -> None:
         """All that was for the cell's stdin is in (the opening, or a reply since)."""
@@ -175,8 +177,10 @@ class Channel:
         self.outbox += host.pack_json(host.REPLY, reply)
 
     def _variable(self, payload: bytes) -> None:
-        header_text, _, data = payload.partition(b"\n")
-        header = _object(header_text)
+        cut = payload.find(b"\n")
+        if cut < 0:
+            raise ChannelError("a variable without its header")
+        header, data = _object(payload[:cut]), memoryview(payload)[cut + 1:]
         name = header.get("name")
         if name not in self.spec.outputs or name in self.outputs:
             raise ChannelError(f"a variable that --output did not ask for ({name!r:.40})")

@@ -77,7 +77,8 @@ class Frames:
             end = HEADER.size + size
             if len(self.buffer) < end:
                 break
-            frames.append((kind, bytes(self.buffer[HEADER.size:end])))
+            with memoryview(self.buffer) as view:    # one copy of a payload, not two
+                frames.append((kind, bytes(view[HEADER.size:end])))
             del self.buffer[:end]
         return frames
 
@@ -87,7 +88,8 @@ def read_frame(fd: int) -> tuple[bytes, bytes]:
     return kind, _read_exact(fd, size)
 
 
-def _read_exact(fd: int, size: int) -> bytes:
+def _read_exact(fd: int, size: int) -> bytearray:
+    """Read into one buffer of the exact size (a 10 MB --input is not copied again)."""
     buffer = bytearray(size)
     view, got = memoryview(buffer), 0
     while got < size:
@@ -95,7 +97,7 @@ def _read_exact(fd: int, size: int) -> bytes:
         if n == 0:
             raise EOFError("the notebook closed the cell's channel")
         got += n
-    return bytes(buffer)
+    return buffer
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -158,13 +160,15 @@ class Output:
         with self.lock:
             self._send_text()
 
-    def send(self, frame: bytes) -> None:
-        """A frame after all text written before it."""
+    def send(self, frame: bytes, *rest: bytes) -> None:
+        """A frame (its bytes, or its parts: a large value is written from its own buffer)
+        after all text written before it."""
         if self.child:
             return
         with self.lock:
             self._send_text()
-            _write_all(self.channel, frame)
+            for part in (frame, *rest):
+                _write_all(self.channel, part)
 
     def drain(self) -> None:
         """The cell is over: what its subprocesses wrote is read and sent, then all text."""
@@ -510,8 +514,8 @@ class Host:
         size = 0
         for _ in names:
             kind, payload = read_frame(self.proto)
-            name, _, data = payload.partition(b"\0")
-            name = name.decode()
+            cut = payload.index(b"\0")
+            name, data = payload[:cut].decode(), memoryview(payload)[cut + 1:]
             size += len(data)
             try:
                 shell.user_ns[name] = pickle.loads(data)
@@ -554,7 +558,8 @@ class Host:
                 except Exception as err:   # noqa: BLE001 - why it cannot, for the sentence
                     header["error"] = f"{type(err).__name__}: {err}"
             size += len(data)
-            self.output.send(pack(VARIABLE, json.dumps(header).encode() + b"\n" + data))
+            head = json.dumps(header).encode() + b"\n"
+            self.output.send(HEADER.pack(VARIABLE, len(head) + len(data)) + head, data)
         if names:
             self.mark(f"--output pickled ({_size(size)})")
 
