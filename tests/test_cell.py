@@ -315,3 +315,13 @@ def test_a_cell_run_again_finds_ipython_started_ahead(kernel):
     assert "cell received" in out and "cell ran" in out
     cmdline = out.splitlines()[0].split("\0")
     assert cmdline[:2] == [sys.executable, "-c"] and len(cmdline[2]) < 300
+
+
+def test_a_python_cell_on_a_root_without_python_says_why(kernel, busybox_root):
+    messages, reply, _ = execute(kernel, f"%%container --no-plot --rootfs {busybox_root}\n"
+                                         "print('never')")
+    assert reply["content"]["status"] == "error"
+    error = next(m["content"] for m in messages if m["msg_type"] == "error")
+    assert error["traceback"] == [f"ContainerError: {sys.executable}: not found in the "
+                                  "container; with --rootfs, give a command the root has (such "
+                                  "as sh) (exit 127)"]
