@@ -99,11 +99,13 @@ class ContainerMagics(Magics):
              "raise (the cell fails), or explain (print why in one sentence and go on)"
     ).tag(config=True)
     _host_info = None   # probed once per kernel, and only when `explain` needs it
+    _ran = False        # the current cell's run is over (for what an interrupt then says)
 
     @line_cell_magic
     def container(self, line, cell=None):
         if cell is None:
             return self._subcommand(line)
+        self._ran = False
         try:
             return self._cell(line, cell)
         except core.Interrupted as stop:
@@ -112,9 +114,10 @@ class ContainerMagics(Magics):
                 "Container was interrupted" + (f" (stopped with {how})" if how else
                                                " before it started")
                 + "; every process in it is gone and its cgroup removed.") from None
-        except KeyboardInterrupt:   # after the run: what it showed is all there is
-            raise ContainerInterrupted("Interrupted after the container had ended; "
-                                       "_container holds its result.") from None
+        except KeyboardInterrupt:   # before or after the run: no traceback of ours either
+            raise ContainerInterrupted(
+                "Interrupted after the container had ended; _container holds its result."
+                if self._ran else "Interrupted before a container was started.") from None
 
     def _cell(self, line: str, cell: str):
         spec = self._spec(line, cell)
@@ -134,21 +137,27 @@ class ContainerMagics(Magics):
             if view:
                 view.finish(stop.result)
             raise
+        self._ran = True
         self._keep(result, spec)
         refused = self._take_outputs(spec, result, channel)
         failure = self._failure(spec, result, channel, cell)
-        if view:
-            view.finish(result)
-        elif not (isinstance(failure, ContainerError) and failure.reason == result.error
-                  and result.summary().startswith("nsmagic:")):   # the summary is the reason
-            print(result.summary(), file=sys.stderr if result.error else sys.stdout)
-        if spec.profile:
-            print(result.profile_table())
+        self._show(result, spec, view, failure)
         if failure is None and refused:
             failure = VariableError("\n".join(refused))
         if failure is not None:
             raise failure
         return channel.result if channel else None
+
+    def _show(self, result, spec: Spec, view, failure) -> None:
+        """The plot's end and the summary line (not when the line is only the reason the
+        cell fails with: that is said once), then --profile's table."""
+        if view:
+            view.finish(result)
+        elif not (isinstance(failure, ContainerError) and failure.reason == result.error
+                  and result.summary() == f"nsmagic: {result.error}"):
+            print(result.summary(), file=sys.stderr if result.error else sys.stdout)
+        if spec.profile:
+            print(result.profile_table())
 
     def _spec(self, line: str, cell: str) -> Spec | None:
         """The cell's options; what it does not say comes from %config. None: --help."""
