@@ -181,12 +181,14 @@ def test_stdout_and_stderr_keep_their_order(kernel):
                                          "    print(f'out {i}', flush=True)\n"
                                          "    print(f'err {i}', file=sys.stderr, flush=True)\n"
                                          "os.system('echo from a subprocess')\n"
+                                         "print('after it')\n"
                                          "!echo from the shell")
     assert reply["content"]["status"] == "ok"
     got = streams(messages)
     expected = [(name, f"{name[3:]} {i}\n") for i in range(4) for name in ("stdout", "stderr")]
     assert got[:8] == expected, got
-    assert "from a subprocess\n" in text(messages) and "from the shell" in text(messages)
+    out = text(messages)
+    assert out.index("from a subprocess\n") < out.index("after it") < out.index("from the shell")
 
 
 def test_variables_go_in_and_come_back(kernel):

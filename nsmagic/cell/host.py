@@ -132,15 +132,27 @@ class Output:
         self.child = False                  # a fork of this process: no channel of its own
         self.captured = {fd: (kind, codecs.getincrementaldecoder("utf-8")("replace"))
                          for fd, kind in captured.items()}
+        self.reading = threading.Lock()     # one reader of those pipes at a time: in order
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.drain_asked, self.drained = threading.Event(), threading.Event()
         os.register_at_fork(after_in_child=self._forked)
         threading.Thread(target=self._pump, daemon=True, name="nsmagic-output").start()
 
     def write(self, kind: bytes, text: str) -> None:
-        if self.child:   # a fork's text goes through fds 1 and 2, which the parent reads
-            os.write(1 if kind == STDOUT else 2, text.encode("utf-8", "replace"))
+        """Text the cell's Python wrote. The first after a flush takes what subprocesses
+        wrote before it out of their pipes first, so that it comes after that."""
+        if self.child:   # a fork's text goes through fds 1 and 2, which the parent reads,
+            self.held[kind] = self.held.get(kind, "") + text    # whole lines at a time
+            if "\n" in text:
+                self._write_held(kind, self.held[kind].rpartition("\n"))
             return
+        if not self.segments and self.captured:
+            with self.reading:
+                for fd in list(self.captured):
+                    self._read_captured(fd)
+        self._append(kind, text)
+
+    def _append(self, kind: bytes, text: str) -> None:
         with self.lock:
             first = not self.segments
             if self.segments and self.segments[-1][0] == kind:
@@ -157,8 +169,17 @@ class Output:
             self._wake()
 
     def flush(self) -> None:
+        if self.child:
+            for kind, text in list(self.held.items()):
+                self._write_held(kind, (text, "", ""))
+            return
         with self.lock:
             self._send_text()
+
+    def _write_held(self, kind: bytes, parts: tuple[str, str, str]) -> None:
+        lines, newline, rest = parts
+        self.held[kind] = rest
+        os.write(1 if kind == STDOUT else 2, (lines + newline).encode("utf-8", "replace"))
 
     def send(self, frame: bytes, *rest: bytes) -> None:
         """A frame (its bytes, or its parts: a large value is written from its own buffer)
@@ -205,9 +226,11 @@ class Output:
                 if fd == self.wake_r:
                     os.read(fd, 4096)
                 else:
-                    self._read_captured(fd)
+                    with self.reading:
+                        self._read_captured(fd)
             if self.drain_asked.is_set():
-                self._read_all_captured()
+                with self.reading:
+                    self._read_all_captured()
                 self.drain_asked.clear()
                 self.drained.set()
             with self.lock:
@@ -227,7 +250,7 @@ class Output:
             return False
         text = decoder.decode(data)
         if text:
-            self.write(kind, text)
+            self._append(kind, text)
         return True
 
     def _read_all_captured(self) -> None:
@@ -242,6 +265,7 @@ class Output:
         self.child = True
         self.lock = threading.Lock()
         self.segments = []
+        self.held: dict[bytes, str] = {}
 
 
 class Stream(io.TextIOBase):
