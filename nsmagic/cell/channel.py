@@ -82,6 +82,7 @@ class Channel:
         self.problem: str | None = None        # the channel broke
         self.outputs: dict[str, tuple[dict, memoryview]] = {}
         self.ended = False
+        self.exit: int | None = None           # the cell's exit status, as the host said
 
     def opening(self, run, out, err) -> list[bytes]:
         """The buffers for the cell's stdin at the start, in order (a --input's pickle is
@@ -197,7 +198,10 @@ class Channel:
         self.failure = str(_object(payload).get("message", "the cell's host failed"))[:2000]
 
     def _end(self, payload: bytes) -> None:
-        self.ended = True
+        code = _object(payload).get("exit")
+        if not isinstance(code, int) or not -64 < code < 256:
+            raise ChannelError("an end without an exit status")
+        self.ended, self.exit = True, code
 
     _HANDLERS = {
         host.STDOUT: lambda self, p: self._stream(p, self.out),

@@ -90,7 +90,7 @@ class Follower:
         """KeyboardInterrupt stops the run (SIGINT, SIGTERM, SIGKILL) and is raised again
         once its output is drained."""
         try:
-            while self.status_open or self.sinks:
+            while (self.status_open or self.sinks) and not self.run.told:
                 events = self.sel.select(self._tick(time.monotonic()))
                 if not events and not self.status_open:
                     break    # PID 1 is gone, so every writer is gone: the rest is drained
@@ -147,6 +147,12 @@ class Follower:
                 if sink is self.channel and self.channel.outbox:   # an input() answered
                     self.pending.append(memoryview(self.channel.take_outbox()))
                     self._feed_again()
+                if sink is self.channel and self.channel.exit is not None:
+                    # The host said how the cell ended, as it leaves: the run is over for
+                    # the caller; the rest of its exit (~2 ms: a large process's memory
+                    # unmapped, PID 1 reaping it) goes on off the cell's path.
+                    self.run.tell_exit(self.channel.exit)
+                    self._drain_now()
                 if sink.broken and not self.stop.by:
                     # As a pipeline's writer would get it: SIGPIPE, through PID 1.
                     self.run.signal(signal.SIGPIPE)
@@ -202,6 +208,12 @@ class Follower:
         except OSError:
             pass
         self.stdin_fd = None
+
+    def _drain_now(self) -> None:
+        """What the pipes hold now, without waiting for their ends."""
+        for fd, sink in list(self.sinks.items()):
+            while (data := _read(fd)):
+                sink.write(data)
 
     def _advance(self, written: int) -> None:
         while written and self.pending:
