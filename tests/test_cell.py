@@ -24,6 +24,7 @@ def kernel():
     km = KernelManager(kernel_name="python3")   # ipykernel's own spec: this venv's Python
     km.start_kernel(cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
     kc = km.client()
+    kc.manager = km      # for the stop button
     kc.start_channels()
     kc.wait_for_ready(timeout=60)
     messages, reply, _ = execute(kc, "%load_ext nsmagic")
@@ -327,3 +328,19 @@ def test_a_python_cell_on_a_root_without_python_says_why(kernel, busybox_root):
     assert error["traceback"] == [f"ContainerError: {sys.executable}: not found in the "
                                   "container; with --rootfs, give a command the root has (such "
                                   "as sh) (exit 127)"]
+
+
+def test_the_stop_button_while_input_waits_stops_the_container_in_one_line(kernel):
+    msg_id = kernel.execute("%%container --no-plot\nname = input('name? ')", allow_stdin=True)
+    assert kernel.get_stdin_msg(timeout=30)["content"]["prompt"] == "name? "
+    kernel.manager.interrupt_kernel()
+    messages = []
+    while not messages or messages[-1]["content"].get("execution_state") != "idle":
+        msg = kernel.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id:
+            messages.append(msg)
+    assert kernel.get_shell_msg(timeout=10)["content"]["status"] == "error"
+    errors = [m["content"] for m in messages if m["msg_type"] == "error"]
+    assert len(errors) == 1 and len(errors[0]["traceback"]) == 1, errors
+    assert errors[0]["traceback"][0].startswith("Container was interrupted (stopped with")
+    assert value(kernel, "_container.interrupted") == "True"
