@@ -115,9 +115,12 @@ class Channel:
         except (ChannelError, ValueError, KeyError, TypeError) as err:
             self.problem = (f"the container broke the cell's channel ({err}); what it sent "
                             "after that is not shown")
-        finally:
-            if self.last is not None:
-                self.last.flush()
+        if self.ended or self.problem or not _flushes_itself(self.last):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.last is not None:
+            self.last.flush()
 
     def take_outbox(self) -> bytes:
         data, self.outbox = bytes(self.outbox), bytearray()
@@ -132,8 +135,8 @@ class Channel:
         handler(self, payload)
 
     def _stream(self, payload: bytes, target) -> None:
-        if self.last is not None and self.last is not target:
-            self.last.flush()    # the other stream's text goes first: their order holds
+        if self.last is not target:
+            self._flush()    # the other stream's text goes first: their order holds
         self.last = target
         text = payload.decode("utf-8", "replace")
         if hasattr(target, "encoding"):
@@ -213,6 +216,12 @@ class Channel:
 
 
 # --- the notebook's side of a frame
+
+
+def _flushes_itself(stream) -> bool:
+    """A kernel's stream sends what it holds within its flush interval (0.2 s) on its own;
+    flushing it after every read would wait for its I/O thread each time."""
+    return stream is None or hasattr(stream, "flush_interval")
 
 
 def publish(data: dict, metadata: dict, transient: dict | None, update: bool, out) -> None:
