@@ -344,3 +344,21 @@ def test_the_stop_button_while_input_waits_stops_the_container_in_one_line(kerne
     assert len(errors) == 1 and len(errors[0]["traceback"]) == 1, errors
     assert errors[0]["traceback"][0].startswith("Container was interrupted (stopped with")
     assert value(kernel, "_container.interrupted") == "True"
+
+
+def test_a_python_cells_output_arrives_while_it_runs(kernel):
+    msg_id = kernel.execute("%%container --no-plot\nimport time\nprint('one')\n"
+                            "time.sleep(1.2)\nprint('two')")
+    arrived = {}
+    while "idle" not in arrived:
+        msg = kernel.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            for word in ("one", "two"):
+                if word in msg["content"]["text"]:
+                    arrived.setdefault(word, time.monotonic())
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            arrived["idle"] = time.monotonic()
+    kernel.get_shell_msg(timeout=10)
+    assert arrived["two"] - arrived["one"] > 0.8, arrived    # not all at the end
