@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import json
 import os
 import select
@@ -115,6 +116,7 @@ def _open_cgroup_dir(path: str | None) -> int | None:
 def _become_init(boot: BootConfig, fds: list[int], parent_alive: int, joined: bool,
                  held: set) -> None:
     """The clone()d child. Never returns."""
+    gc.disable()   # its pages are the fork server's until written; its garbage goes at exit
     status = Status(STATUS_FD)
     try:
         _settle_fds(fds, parent_alive)

@@ -215,6 +215,15 @@ def join_new_session_keyring() -> None:
 
 # --- the process's name and command line
 
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the kernel (malloc_trim): every PID 1's pages are
+    the fork server's until written, and setup writes and frees some (its config, say)."""
+    try:
+        _libc.malloc_trim(0)
+    except AttributeError:   # not glibc
+        pass
+
+
 def set_name(name: str) -> None:
     """The process name `ps` shows in its COMMAND column (comm, 15 bytes)."""
     buf = ctypes.create_string_buffer(name.encode()[:15])

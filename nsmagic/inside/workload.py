@@ -58,6 +58,7 @@ def run(cfg: RunConfig, status, go: socket.socket | None = None) -> None:
         _wait_for_go(go, pid, status)
     else:
         _drop_own_capabilities()
+    linux.release_free_memory()   # PID 1 idles from here: what setup freed goes back
     _reap_until(pid, status)
 
 

@@ -11,6 +11,7 @@ zygote; so does the runner's death (PDEATHSIG). Stdlib only."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -40,6 +41,10 @@ def serve(sock_fd: int, runner: int) -> None:
     sock = socket.socket(fileno=sock_fd)
     linux.cap_last_cap()                             # read once here, for every PID 1
     alive_r, _alive_w = os.pipe()                    # EOF for every PID 1 when we die
+    # Every PID 1 shares this process's pages until it writes them, and a garbage collection
+    # writes to every object it walks: what is here now is frozen out of its reach (and PID
+    # 1 does not collect at all: see init._become_init).
+    gc.freeze()
     while True:
         try:
             boot, fds = config.receive(sock, BootConfig, MAX_FDS)
