@@ -10,9 +10,9 @@
                with a restricted unpickler (the container is not trusted).
 """
 
-# `python -c` of a Python cell: read host.py's source from stdin (a 10-digit length, then the
-# source: host.program()), exactly, and run it. Short, so that `ps` inside reads well; here
-# and not in host.py, so that a run's config costs no import of the host's modules.
+# `python -c` of a Python cell: read host.py from stdin (a 10-digit length, then its code as
+# marshal data: host.program()), exactly, and run it. Short, so that `ps` inside reads well;
+# here and not in host.py, so that a run's config costs no import of the host's modules.
 BOOTSTRAP = """import os
 def r(n):
  b=b''
@@ -21,5 +21,5 @@ def r(n):
   if not c:raise SystemExit(125)
   b+=c
  return b
-exec(compile(r(int(r(10))),'nsmagic-cell','exec'),{'__name__':'nsmagic_cell'})
+exec(__import__('marshal').loads(r(int(r(10)))),{'__name__':'nsmagic_cell'})
 """
