@@ -58,6 +58,8 @@ def execute(kc, code, answers=(), allow_stdin=True, timeout=60):
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
     reply = kc.get_shell_msg(timeout=10)
+    while reply["parent_header"].get("msg_id") != msg_id:   # a late reply of another cell
+        reply = kc.get_shell_msg(timeout=10)
     return messages, reply, asked
 
 
@@ -84,7 +86,7 @@ def value(kc, expression):
 def test_a_short_cell_costs_no_plot_and_no_matplotlib_in_the_kernel(kernel):
     messages, reply, _ = execute(kernel, "%%container\npass")
     assert reply["content"]["status"] == "ok"
-    assert kinds(messages) == ["stream"], kinds(messages)    # the summary line, nothing else
+    assert set(kinds(messages)) == {"stream"}, kinds(messages)    # the summary line only
     assert text(messages).startswith("exit 0 ·")
     assert value(kernel, "'matplotlib' in sys.modules or 'ipywidgets' in sys.modules"
                  " if (sys := __import__('sys')) else 0") == "False"
@@ -254,7 +256,7 @@ def test_a_missing_command_says_why_in_the_cell(kernel):
 def test_help_prints_the_help_and_nothing_else(kernel, cell):
     messages, reply, _ = execute(kernel, cell)
     assert reply["content"]["status"] == "ok"
-    assert kinds(messages) == ["stream"]
+    assert set(kinds(messages)) == {"stream"}, kinds(messages)
     assert text(messages).startswith("usage: %%container") and "--input NAMES" in text(messages)
     assert "Line magic:" in text(messages) and "not run" not in text(messages)
 
