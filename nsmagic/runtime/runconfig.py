@@ -9,6 +9,7 @@ from .. import cgroups
 from ..cell import BOOTSTRAP
 from ..config import RunConfig
 from ..inside.workload import KEEP_CAPABILITIES
+from ..rootfs.plan import MATPLOTLIB_CACHE
 from ..rootfs.plan import plan as plan_root
 from ..security import seccomp
 from ..spec import Spec
@@ -20,12 +21,15 @@ BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 def run_config(spec: Spec, hostname: str, rootless: bool, cgroup: cgroups.Cgroup | None,
                layout: cgroups.Layout) -> RunConfig:
     env = dict(BASE_ENV, HOSTNAME=hostname, PYTHONUNBUFFERED="1")
+    plan = plan_root(spec, rootless)
+    if any(layer.target == MATPLOTLIB_CACHE for layer in plan.layers):
+        env["MPLCONFIGDIR"] = MATPLOTLIB_CACHE
     env.update(dict(spec.env))
     return RunConfig(
         hostname=hostname,
         network=spec.network,
         rootless=rootless,
-        plan=plan_root(spec, rootless),
+        plan=plan,
         cgroup_namespace=cgroup is not None,
         cgroup_mounts=cgroup.mounts_inside() if cgroup else (),
         argv=spec.command or python_argv(spec),
