@@ -242,6 +242,7 @@ print("not reached")
 """)
     assert reply["content"]["status"] == "ok", _text(messages)
     assert "OOM" in _text(messages) and "not reached" not in _text(messages)
+    final = [m for m in _late(kc, reply) if m["msg_type"] == "update_display_data"][-1]
     oom_times = _view_data(kc, "v.series.oom_times")
     duration = _view_data(kc, "v.series.duration")
     assert oom_times and 0 < oom_times[0] <= duration + 0.01
@@ -249,7 +250,6 @@ print("not reached")
     tables = [m for m in messages if m["msg_type"] == "display_data"
               and "text/html" in m["content"]["data"]]
     assert "OOM killed" in tables[-1]["content"]["data"]["text/plain"]
-    final = [m for m in _late(kc, reply) if m["msg_type"] == "update_display_data"][-1]
     assert "OOM killed" in final["content"]["data"]["text/plain"]
     _save_png([final], "oom.png")
 
