@@ -22,7 +22,7 @@ MIN_CPUS = 0.01           # 1 % of a core: 1 ms of CPU time per 100 ms period
 BLKIO_WEIGHTS = (10, 1000)
 # Spec fields that shape one run's handling, not its container (see Spec.container_part).
 PER_RUN = ("script", "timeout", "raise_error", "strict", "name", "out_var", "err_var", "plot",
-           "interval", "profile", "rm", "keep")
+           "interval", "profile", "rm", "keep", "inputs", "outputs")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -112,6 +112,11 @@ class Spec:
     unconfined: bool = False             # no namespaces, no overlay: where the host forbids them
     seccomp: bool = True                 # Docker's default profile (--security-opt seccomp=...)
     profile: bool = False                # time every step of the run (teaching, benchmarks)
+    # A Python cell run through IPython inside, as a notebook cell (the magic: nsmagic.cell);
+    # False: plain `python -` reading the script (the CLI, the API).
+    ipython: bool = False
+    inputs: tuple[str, ...] = ()         # --input: notebook variables copied into the cell
+    outputs: tuple[str, ...] = ()        # --output: the cell's variables copied back
 
     def replace(self, **changes) -> Spec:
         return dataclasses.replace(self, **changes)
@@ -181,6 +186,8 @@ class Spec:
             err_var=getattr(args, "err", None),
             plot=False if getattr(args, "no_plot", False) else None,
             interval=getattr(args, "interval", None),
+            inputs=_parse_names(getattr(args, "input", None)),
+            outputs=_parse_names(getattr(args, "output", None)),
         )
         validate(spec)
         return spec
@@ -285,6 +292,13 @@ def _parse_volume(text: str) -> Volume:
                         "such as /data.")
     return Volume(source, os.path.normpath(target), "ro" in options, "dev" in options,
                   "suid" in options)
+
+
+def _parse_names(text: str | None) -> tuple[str, ...]:
+    """--input/--output: a comma list of names, each once."""
+    if not text:
+        return ()
+    return tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
 
 
 def _parse_storage_opts(texts: list[str]) -> int:
@@ -452,6 +466,14 @@ def _check_variable_names(spec: Spec):
     for flag, var in (("--out", spec.out_var), ("--err", spec.err_var)):
         if var is not None and not var.isidentifier():
             raise SpecError(f"{flag} {var!r} is not a Python variable name.")
+    for flag, names in (("--input", spec.inputs), ("--output", spec.outputs)):
+        for name in names:
+            if not name.isidentifier():
+                raise SpecError(f"{flag} {name!r} is not a Python variable name; give names "
+                                "separated by commas, such as --input x,y.")
+        if names and spec.command:
+            raise SpecError(f"{flag} passes Python variables, and this cell runs "
+                            f"{spec.command[0]}; drop {flag} or the command.")
 
 
 def _check_keep(spec: Spec):
@@ -577,12 +599,19 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     if face == "cell":
         p.add_argument("--out", metavar="VAR", help="store stdout in this variable")
         p.add_argument("--err", metavar="VAR", help="store stderr in this variable")
+        p.add_argument("--input", metavar="NAMES",
+                       help="notebook variables copied into the cell, e.g. x,df (pickled)")
+        p.add_argument("--output", metavar="NAMES",
+                       help="cell variables copied back into the notebook at its end (plain "
+                            "data only: numbers, text, containers, NumPy, pandas...)")
         p.add_argument("--no-plot", action="store_true", help="no live plot")
         p.add_argument("--interval", type=_float_arg("--interval"), metavar="SECONDS",
                        help="seconds between samples of the cgroup counters")
     p.add_argument("--help", action="help", help="show this help")
     p.add_argument("command", nargs=argparse.REMAINDER,
-                   help="program to run, the cell is its script (default: Python)")
+                   help="program to run, the cell is its script (default: Python, through "
+                        "IPython)" if face == "cell" else "program to run and its arguments "
+                        "(default: Python, reading the script from stdin)")
     return p
 
 

@@ -52,6 +52,7 @@ class Run:
         self.status_fd: int | None = None
         self.exit_code: int | None = None
         self.reported = False      # PID 1 said how the run ended (and then it exits)
+        self.told = False          # the workload said it itself (a Python cell's host)
         self.error: str | None = None
         self.started = self.ended = 0.0
         self._status_buf = b""
@@ -59,6 +60,7 @@ class Run:
         self.warning: str | None = None      # a banner: what this run does NOT enforce
         self._warnings: list[str] = []
         self.image = None          # what the spec's image gives the run (runimage.ImageRun)
+        self.primed = False        # its interpreter has its cell's host program (ready spare)
         self.marks: list[tuple[str, float]] = []
         self._refill: list[tuple[SpareKind, cgroups.Layout]] = []
 
@@ -169,6 +171,7 @@ class Run:
         self.pid1 = spare.pid1.with_stdio(**spare.stdio)
         self.status_fd = spare.status_r
         self._status_buf = spare.status_read
+        self.primed = spare.kind.ready.ipython
         return self
 
     def _send_run(self, spare: Spare, layout: cgroups.Layout) -> None:
@@ -253,11 +256,20 @@ class Run:
 
     # --- end
 
+    def tell_exit(self, code: int) -> None:
+        """The exit status, told by the workload as it leaves (cell/host.py's END): the run
+        is over for the caller; PID 1's report of it, a moment later, is not waited for."""
+        if not self.reported:
+            self.exit_code = 128 - code if code < 0 else code
+            self.reported = self.told = True
+            self.mark("cell's end told")
+
     def wait(self) -> int:
         """The workload's exit status. PID 1 reports it and closes its fds, then exits; the
         rest of its exit (its namespaces torn down, ~1 ms) does not hold the run up. Only a
         PID 1 that could not report is waited for."""
-        self._read_all_status()
+        if not self.told:
+            self._read_all_status()
         if not self.reported:
             self.pid1.wait()
             # PID 1 is gone, and its namespace with it: what it said is all in the pipe now.

@@ -8,6 +8,7 @@ stdin: the next cell like it only writes its code there."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import socket
@@ -23,6 +24,8 @@ from ..spec import Spec
 from . import forkserver, stdio
 from .pid1 import Pid1
 from .runconfig import run_config
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ def make_spare(kind: SpareKind, layout: cgroups.Layout) -> Spare:
     try:
         if ready:
             pipes, child_ends = stdio.pipes(True, True, True)
+            if ready.ipython:   # its program, for the interpreter to start on (cell/host.py)
+                _prime(pipes["stdin"])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stdio.hold(ours)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
@@ -148,6 +153,16 @@ def make_spare(kind: SpareKind, layout: cgroups.Layout) -> Spare:
             spare.drop()
             raise
     return spare
+
+
+def _prime(stdin) -> None:
+    """The cell's host program in the stdin pipe before the interpreter starts, so that it
+    imports IPython and gets ready before it blocks reading the cell: the pipe is made
+    large enough to take it all now."""
+    from ..cell.host import program
+    source = program()
+    fcntl.fcntl(stdin.fileno(), F_SETPIPE_SZ, max(len(source), 65536))
+    stdin.write(source)
 
 
 def _make_group(kind: SpareKind, run_id: str, layout: cgroups.Layout):
