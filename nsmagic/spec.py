@@ -532,87 +532,108 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     "cell" (the magic: capture and plot options) or "cli" (nsmagic run: --json)."""
     p = parser_class(prog=prog, add_help=False, formatter_class=_Formatter,
                      description=DESCRIPTIONS[face])
-    p.add_argument("-m", "--mem", "--memory", dest="memory", metavar="SIZE",
-                   help="memory limit, e.g. 100M, 1.5G (swap held at 0)")
-    p.add_argument("--cpus", metavar="N", help="CPU quota in cores, e.g. 0.5")
-    p.add_argument("--pids", "--pids-limit", dest="pids", metavar="N",
-                   help="maximum number of processes")
-    p.add_argument("--device-read-bps", action="append", metavar="DEV:RATE",
-                   help="read rate limit on a block device, e.g. /dev/sda:10mb")
-    p.add_argument("--device-write-bps", action="append", metavar="DEV:RATE",
-                   help="write rate limit on a block device, e.g. /dev/sda:10mb")
-    p.add_argument("--device-read-iops", action="append", metavar="DEV:N",
-                   help="read operations per second on a block device")
-    p.add_argument("--device-write-iops", action="append", metavar="DEV:N",
-                   help="write operations per second on a block device")
-    p.add_argument("--blkio-weight", metavar="N",
-                   help="block I/O weight relative to other groups, 10-1000")
-    p.add_argument("--hostname", "-h", metavar="NAME", help="host name inside")
-    p.add_argument("--network", "--net", default="none", metavar="MODE",
-                   help="none (own namespace, only lo) or host")
-    p.add_argument("--rootfs", metavar="DIR",
-                   help="directory used as the read-only lower layer (default: the host's "
-                        "system directories)")
-    p.add_argument("--image", metavar="NAME",
-                   help="run on this image's layers, with its command and environment "
-                        "(default: host, the host's system directories)")
-    p.add_argument("--entrypoint", metavar="CMD",
-                   help="replace the image's Entrypoint (\"\" clears it)")
-    p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
-                   help="bind a host path into the container")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
-                   help="set an environment variable")
-    p.add_argument("-w", "--workdir", metavar="DIR",
-                   help="working directory inside (default: the image's, else /)")
-    p.add_argument("--read-only", action="store_true", help="mount the root read-only")
-    p.add_argument("--storage-opt", action="append", default=[], metavar="size=SIZE",
-                   help="what the run may write to its root (the upper layer, a tmpfs that "
-                        "counts against --mem), default size=1G")
-    p.add_argument("--host-secrets", action="store_true",
-                   help="show the host's files that are not world-readable (/etc/shadow, "
-                        "keys...), which the default root hides")
-    p.add_argument("-u", "--user", metavar="UID[:GID]", help="run as this user inside")
-    p.add_argument("--timeout", type=_float_arg("--timeout"), metavar="SECONDS",
-                   help="kill the container after this long")
-    p.add_argument("--name", metavar="NAME", help="a name for the container (it then stays "
-                   "after it exits: ps -a, diff, commit, logs, rm)")
-    p.add_argument("--rm", action="store_true", help="remove the container when it exits "
-                   "(on the CLI an image's container stays otherwise, as Docker's)")
-    p.add_argument("--keep", action="store_true", help="keep the container after it exits")
+    _limit_options(p.add_argument_group("limits (cgroups)"))
+    _root_options(p.add_argument_group("root file system and volumes"))
+    _process_options(p.add_argument_group("the process"), face)
+    _security_options(p.add_argument_group("security"))
     if face == "cell":
-        p.add_argument("--no-raise-error", action="store_true",
-                       help="do not raise ContainerError when the program exits non-zero")
-    p.add_argument("--strict", action="store_true",
-                   help="fail instead of running when a limit cannot be enforced")
-    p.add_argument("--profile", action="store_true",
-                   help="print how long each step took: fork, namespaces, cgroup, mounts, "
-                        "pivot_root, exec, teardown")
-    p.add_argument("--security-opt", action="append", default=[], metavar="OPT",
-                   help="seccomp=unconfined: no seccomp filter (Docker's default profile is "
-                        "loaded otherwise)")
-    p.add_argument("--unconfined", action="store_true",
-                   help="no namespaces and no overlay (for hosts that forbid them): "
-                        "writes reach the host")
-    if face == "cli":
-        p.add_argument("--json", action="store_true",
-                       help="print the result as one JSON object on the last line of stdout")
-    if face == "cell":
-        p.add_argument("--out", metavar="VAR", help="store stdout in this variable")
-        p.add_argument("--err", metavar="VAR", help="store stderr in this variable")
-        p.add_argument("--input", metavar="NAMES",
-                       help="notebook variables copied into the cell, e.g. x,df (pickled)")
-        p.add_argument("--output", metavar="NAMES",
-                       help="cell variables copied back into the notebook at its end (plain "
-                            "data only: numbers, text, containers, NumPy, pandas...)")
-        p.add_argument("--no-plot", action="store_true", help="no live plot")
-        p.add_argument("--interval", type=_float_arg("--interval"), metavar="SECONDS",
-                       help="seconds between samples of the cgroup counters")
+        _cell_options(p.add_argument_group("the notebook"))
     p.add_argument("--help", action="help", help="show this help")
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="program to run, the cell is its script (default: Python, through "
                         "IPython)" if face == "cell" else "program to run and its arguments "
                         "(default: Python, reading the script from stdin)")
     return p
+
+
+def _limit_options(g) -> None:
+    g.add_argument("-m", "--mem", "--memory", dest="memory", metavar="SIZE",
+                   help="memory limit, e.g. 100M, 1.5G (swap held at 0)")
+    g.add_argument("--cpus", metavar="N", help="CPU quota in cores, e.g. 0.5")
+    g.add_argument("--pids", "--pids-limit", dest="pids", metavar="N",
+                   help="maximum number of processes")
+    g.add_argument("--device-read-bps", action="append", metavar="DEV:RATE",
+                   help="read rate limit on a block device, e.g. /dev/sda:10mb")
+    g.add_argument("--device-write-bps", action="append", metavar="DEV:RATE",
+                   help="write rate limit on a block device, e.g. /dev/sda:10mb")
+    g.add_argument("--device-read-iops", action="append", metavar="DEV:N",
+                   help="read operations per second on a block device")
+    g.add_argument("--device-write-iops", action="append", metavar="DEV:N",
+                   help="write operations per second on a block device")
+    g.add_argument("--blkio-weight", metavar="N",
+                   help="block I/O weight relative to other groups, 10-1000")
+
+
+def _root_options(g) -> None:
+    g.add_argument("--rootfs", metavar="DIR",
+                   help="directory used as the read-only lower layer (default: the host's "
+                        "system directories)")
+    g.add_argument("--image", metavar="NAME",
+                   help="run on this image's layers, with its command and environment "
+                        "(default: host, the host's system directories)")
+    g.add_argument("--entrypoint", metavar="CMD",
+                   help="replace the image's Entrypoint (\"\" clears it)")
+    g.add_argument("-v", "--volume", action="append", default=[],
+                   metavar="SRC:DST[:ro,dev,suid]", help="bind a host path into the container "
+                   "(nosuid, nodev unless asked; ro read-only all the way down)")
+    g.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                   help="set an environment variable")
+    g.add_argument("-w", "--workdir", metavar="DIR",
+                   help="working directory inside (default: the image's, else /)")
+    g.add_argument("--read-only", action="store_true", help="mount the root read-only")
+    g.add_argument("--storage-opt", action="append", default=[], metavar="size=SIZE",
+                   help="what the run may write to its root (the upper layer, a tmpfs that "
+                        "counts against --mem), default size=1G")
+    g.add_argument("--host-secrets", action="store_true",
+                   help="show the host's files that are not world-readable (/etc/shadow, "
+                        "keys...), which the default root hides")
+
+
+def _process_options(g, face: str) -> None:
+    g.add_argument("--hostname", "-h", metavar="NAME", help="host name inside")
+    g.add_argument("--network", "--net", default="none", metavar="MODE",
+                   help="none (own namespace, only lo) or host")
+    g.add_argument("-u", "--user", metavar="UID[:GID]", help="run as this user inside")
+    g.add_argument("--timeout", type=_float_arg("--timeout"), metavar="SECONDS",
+                   help="kill the container after this long")
+    g.add_argument("--name", metavar="NAME", help="a name for the container (it then stays "
+                   "after it exits: ps -a, diff, commit, logs, rm)")
+    g.add_argument("--rm", action="store_true", help="remove the container when it exits "
+                   "(on the CLI an image's container stays otherwise, as Docker's)")
+    g.add_argument("--keep", action="store_true", help="keep the container after it exits")
+    g.add_argument("--profile", action="store_true",
+                   help="print how long each step took: fork, namespaces, cgroup, mounts, "
+                        "pivot_root, exec, teardown")
+    if face == "cell":
+        g.add_argument("--no-raise-error", action="store_true",
+                       help="do not raise ContainerError when the program exits non-zero")
+    if face == "cli":
+        g.add_argument("--json", action="store_true",
+                       help="print the result as one JSON object on the last line of stdout")
+
+
+def _security_options(g) -> None:
+    g.add_argument("--strict", action="store_true",
+                   help="fail instead of running when a limit cannot be enforced")
+    g.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                   help="seccomp=unconfined: no seccomp filter (Docker's default profile is "
+                        "loaded otherwise)")
+    g.add_argument("--unconfined", action="store_true",
+                   help="no namespaces and no overlay (for hosts that forbid them): "
+                        "writes reach the host")
+
+
+def _cell_options(g) -> None:
+    g.add_argument("--out", metavar="VAR", help="store stdout in this variable")
+    g.add_argument("--err", metavar="VAR", help="store stderr in this variable")
+    g.add_argument("--input", metavar="NAMES",
+                   help="notebook variables copied into the cell, e.g. x,df (pickled)")
+    g.add_argument("--output", metavar="NAMES",
+                   help="cell variables copied back into the notebook at its end (plain "
+                        "data only: numbers, text, containers, NumPy, pandas...)")
+    g.add_argument("--no-plot", action="store_true", help="no live plot")
+    g.add_argument("--interval", type=_float_arg("--interval"), metavar="SECONDS",
+                   help="seconds between samples of the cgroup counters")
 
 
 def _float_arg(flag):
