@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     except NsmagicError as err:
         print(f"nsmagic: {err}", file=sys.stderr)
         return EXIT_SETUP
-    except BrokenPipeError:   # `nsmagic inspect web | head`: the reader has all it wanted
-        return 0
+    except BrokenPipeError:   # `nsmagic inspect x | head`: the reader has what it wanted
+        return 128 + signal.SIGPIPE
 
 
 def entry() -> None:
@@ -57,6 +57,9 @@ def exit_now(code: int) -> None:
 def run(argv: list[str]) -> int:
     from .spec import Spec, build_parser
     args = build_parser(prog="nsmagic run", face="cli").parse_args(argv)
+    words = list(args.command or ())
+    if words and words[0] != "--" and args.image is None:   # Docker's: IMAGE [COMMAND...]
+        args.image, args.command = words[0], words[1:]
     spec = Spec.from_args(args)
     if args.detach:
         return _detached(spec, argv, args)
@@ -67,7 +70,7 @@ def run(argv: list[str]) -> int:
     forkserver.use_in_process()   # this process is small and single-threaded
     signal.signal(signal.SIGINT, signal.default_int_handler)   # now a stop has work to do
     try:
-        result = core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
+        result = _run(spec)
     except core.Interrupted as stop:
         result = stop.result
         how = (f"stopped with {result.stopped_by}" if result.stopped_by else
@@ -103,6 +106,18 @@ def _detached(spec, argv: list[str], args) -> int:
     return 0
 
 
+def _run(spec):
+    """core.run, or for a container that stays (see images.containers) the same run kept."""
+    from . import core
+    if spec.unconfined or spec.rm or not (spec.image or spec.keep or spec.name):
+        return core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
+    from .images import containers
+    if not containers.should_keep(spec, cli=True):
+        return core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
+    return containers.run_kept(spec, core.run, out=sys.stdout.buffer,
+                               err=sys.stderr.buffer)[0]
+
+
 def info(argv: list[str]) -> int:
     parser = _parser("nsmagic info", "what this machine can do")
     parser.add_argument("--json", action="store_true", help="print it as JSON")
@@ -120,7 +135,8 @@ def info(argv: list[str]) -> int:
 def ps(argv: list[str]) -> int:
     parser = _parser("nsmagic ps", "every running nsmagic container on this machine")
     parser.add_argument("-a", "--all", action="store_true",
-                        help="exited ones too (detached containers kept in the store)")
+                        help="also the containers that exited and stay (until rm), "
+                             "detached ones and kept ones")
     args = parser.parse_args(argv)
     from .ps import table
     print(table(all_containers=args.all))
@@ -138,7 +154,8 @@ def network(argv: list[str]) -> int:
 
 
 def _containers() -> dict:
-    """Docker's container commands (containers/commands.py), imported when one is used."""
+    """Docker's container commands (containers/commands.py), imported when one is used;
+    rm, logs and inspect also serve the containers images.containers keeps."""
     def command(name):
         def go(argv):
             from .containers import commands
@@ -148,14 +165,43 @@ def _containers() -> dict:
                                              "restart", "rm", "inspect", "wait", "stats")}
 
 
-COMMANDS = {"run": run, "info": info, "ps": ps, "network": network, **_containers()}
+def _image_command(name: str):
+    """An image command (images, rmi, tag, history, image, load, save...), imported only
+    when asked for."""
+    def command(argv: list[str]) -> int:
+        from .images.commands import commands
+        return commands()[name](argv)
+    return command
+
+
+def build(argv: list[str]) -> int:
+    from .images.commands import build as build_image
+    from .runtime import forkserver
+    forkserver.use_in_process()   # each RUN clones its PID 1 from this small process
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return build_image(argv, out=sys.stdout.buffer, err=sys.stderr.buffer)
+
+
+COMMANDS = {"run": run, "info": info, "ps": ps, "build": build, "network": network,
+            **{name: _image_command(name) for name in (
+                "images", "image", "rmi", "tag", "history", "load", "save", "container",
+                "diff", "commit", "pull", "push", "login", "logout")},
+            **_containers()}
 
 USAGE = """usage: nsmagic run [options] [--json] [-d [--rm] [--rm-on-exit]] -- COMMAND [ARG...]
+       nsmagic run [options] [--json] IMAGE [COMMAND [ARG...]]
        nsmagic ps [-a] | logs [-f] [--tail N] NAME | exec [-i] [-t] NAME COMMAND...
        nsmagic stop [-t S] | kill [-s SIG] | start | restart | rm [-f] | wait NAME...
-       nsmagic top NAME | inspect NAME... | stats [--no-stream] [NAME...]
+       nsmagic top NAME | inspect NAME|IMAGE... | stats [--no-stream] [NAME...]
        nsmagic network create [--subnet CIDR] NAME | ls | rm NAME | inspect NAME | prune
        nsmagic info [--json]
+       nsmagic images | rmi IMAGE... | tag SOURCE TARGET | history IMAGE
+       nsmagic image ls|rm|tag|inspect|history|prune|load|save
+       nsmagic load [-i FILE] | save [-o FILE] IMAGE...
+       nsmagic build -t NAME [-f FILE] [--build-arg K=V] [--no-cache] DIR
+       nsmagic diff CONTAINER | commit CONTAINER NAME
+       nsmagic container ls|rm|prune|inspect|diff|commit|logs
+       nsmagic pull|push [--insecure] REGISTRY/NAME[:TAG] | login REGISTRY -u USER --password-stdin
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.
@@ -170,6 +216,10 @@ exec    a command in a running container: every namespace, its cgroup, its root,
 network user-defined bridge networks, whose containers find each other by name.
 info    what this machine can do: kernel, cgroup layout, namespaces, overlayfs,
         the seccomp filter, networking.
+images  the images in the store (hello-world and busybox are made on first use, with no
+        network; host, the default, is the host's own /usr, /etc and /opt).
+load    images from a docker save or OCI archive; save writes one that docker load and
+        skopeo read.
 
 options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N
         --device-{read,write}-{bps,iops} DEV:RATE --blkio-weight N --hostname NAME

@@ -36,13 +36,17 @@ def start(spec: Spec, out=None, err=None) -> Run:
 
 
 def run(spec: Spec, out=None, err=None,
-        on_sample: Callable[[Usage, Run], None] | None = None) -> Result:
+        on_sample: Callable[[Usage, Run], None] | None = None, channel=None) -> Result:
     """Run to the end. Ctrl-C stops the container (SIGINT, SIGTERM, SIGKILL), cleans up, and
-    raises Interrupted with the result."""
+    raises Interrupted with the result. A Python cell run through IPython (spec.ipython)
+    speaks through `channel` (cell.channel.Channel: made here when not given)."""
+    if spec.ipython and spec.is_python_cell and channel is None:
+        from .cell.channel import Channel
+        channel = Channel(spec)
     out_buf = io.StringIO() if spec.out_var else None
     err_buf = io.StringIO() if spec.err_var else None
-    return _complete(Run(spec, out_buf or out, err_buf or err), spec, out, err, out_buf,
-                     err_buf, on_sample)
+    return _complete(Run(spec, out_buf or out, err_buf or err), out, err, out_buf, err_buf,
+                     on_sample, channel)
 
 
 def run_in(record: dict, spec: Spec, out=None, err=None,
@@ -56,16 +60,17 @@ def run_in(record: dict, spec: Spec, out=None, err=None,
     command = list(spec.command) or python_in(record)
     container = Exec(record, command, out_buf or out, err_buf or err, script=spec.script,
                      interval=spec.sample_interval, python_cell=not spec.command)
-    return _complete(container, spec, out, err, out_buf, err_buf, on_sample)
+    return _complete(container, out, err, out_buf, err_buf, on_sample)
 
 
-def _complete(container: Run, spec: Spec, out, err, out_buf, err_buf, on_sample) -> Result:
+def _complete(container: Run, out, err, out_buf, err_buf, on_sample,
+              channel=None) -> Result:
     follower = None
     try:
         container.start()
         if container.warning:   # a banner before the cell runs, never a silent downgrade
             print(f"nsmagic: {container.warning}", file=sys.stderr, flush=True)
-        follower = Follower(container, out_buf or out, err_buf or err, on_sample)
+        follower = Follower(container, out_buf or out, err_buf or err, on_sample, channel)
         follower.follow()
         container.wait()
         return _result(container, follower.last_sample(), follower, follower.stop, out_buf,

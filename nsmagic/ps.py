@@ -66,15 +66,14 @@ def table(groups: list[Cgroup] | None = None, all_containers: bool = False) -> s
     ones kept in the store."""
     from .containers import records
     groups = running() if groups is None else groups
-    kept = {r.get("cgroup"): r for r in records.all_records()}
+    kept = {r.get("cgroup") or r["id"]: r for r in records.all_records()}
     rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
     for cg in groups:
         record = kept.pop(cg.name, None)
         rows.append(_record_row(record) if record else _group_row(cg))
         cg.close()
     if all_containers:
-        rows += [_record_row(r) for r in kept.values() if r.get("cgroup") is not None
-                 or r.get("state") != "running"]
+        rows += [_record_row(r) for r in kept.values() if records.status(r) != "running"]
     if len(rows) == 1:
         return "no nsmagic container is running on this machine."
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -85,6 +84,10 @@ def table(groups: list[Cgroup] | None = None, all_containers: bool = False) -> s
 def _record_row(r: dict) -> tuple[str, ...]:
     from .containers import records
     state = records.status(r)
+    if not records.detached(r):   # a kept run's record: the images branch's STATUS
+        return (r["id"][:12], r.get("image") or "host", _command(r.get("command") or []),
+                _ago(time.time() - (r.get("created") or 0)),
+                records._record(r).status(), "", r["name"])
     if state == "running":
         status = f"Up {_ago(time.time() - (r.get('started_at') or r['created']), False)}"
     else:

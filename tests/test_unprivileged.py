@@ -79,6 +79,28 @@ def test_info_as_a_user_says_what_is_missing_and_leaves_no_probe_behind(package)
     assert set(glob.glob("/tmp/nsmagic-probe-*")) == before   # overlay's work/work is 000
 
 
+NOTEBOOK_CELL = r"""
+import io
+from nsmagic.cell.channel import Channel
+from nsmagic.core import run
+from nsmagic.spec import Spec
+cell = "import os\nprint(os.getuid())\n!echo from the shell\n6 * 7"
+spec = Spec.from_argv("", script=cell).replace(ipython=True)
+channel, out = Channel(spec), io.StringIO()
+result = run(spec, out=out, err=out, channel=channel)
+print(out.getvalue().strip(), repr(channel.result), result.exit_code, channel.error)
+"""
+
+
+def test_a_notebook_cell_as_a_user_runs_through_ipython(package, nobody_python):
+    """The magic's way of running a Python cell (cell/host.py through IPython), rootless: the
+    user's venv is an overlay lower layer (userxattr), IPython starts from it, `!` works."""
+    done = subprocess.run([nobody_python, "-c", NOTEBOOK_CELL], capture_output=True, text=True,
+                          timeout=60, user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
+                          env={"PYTHONPATH": package, "PATH": "/usr/bin:/bin", "HOME": "/"})
+    assert done.stdout.split() == ["0", "from", "the", "shell", "42", "0", "None"], done
+
+
 # --- networking without root: pasta (passt)
 
 REACH = ("import socket, sys; s = socket.create_connection((sys.argv[1], 9000), timeout=5); "

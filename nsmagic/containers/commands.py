@@ -24,8 +24,9 @@ def _parser(prog: str, description: str) -> OptionParser:
 
 
 def _running(ref: str) -> dict:
+    """A running detached container (the ones this module can act on)."""
     record = records.load(ref)
-    if records.status(record) != "running":
+    if not records.detached(record) or records.status(record) != "running":
         raise NsmagicError(f"the container {record['name']} is not running; start it with "
                            f"`nsmagic start {record['name']}`.")
     return record
@@ -51,7 +52,8 @@ def logs_command(argv: list[str]) -> int:
         entries = logs.entries(path, tail)
     for entry in entries:
         stream = sys.stderr if entry.get("stream") == "stderr" else sys.stdout
-        stream.write((entry.get("time", "") + " " if args.timestamps else "") + entry["log"])
+        stream.write((logs.stamp(entry.get("time")) + " " if args.timestamps else "")
+                     + entry["log"])
         stream.flush()
     return 0
 
@@ -167,9 +169,22 @@ def _process(pid: int) -> tuple[str, ...]:
 
 
 def inspect(argv: list[str]) -> int:
-    p = _parser("inspect", "a container's record and state, as JSON (Docker's keys)")
+    p = _parser("inspect", "containers' or images' records and state, as JSON (Docker's "
+                           "keys)")
     p.add_argument("names", nargs="+", metavar="NAME")
-    print(json.dumps([_inspect(records.load(n)) for n in p.parse_args(argv).names], indent=4))
+    found = []
+    for name in p.parse_args(argv).names:
+        try:
+            record = records.load(name)
+        except records.NoSuchContainer:   # as docker inspect: then an image of that name
+            from ..images import catalog, views
+            from ..images.store import Store
+            store = Store().ensure()
+            found.append(views.inspect(store, catalog.find(name, store)))
+            continue
+        found.append(_inspect(record) if records.detached(record) else
+                     records._record(record).data)
+    print(json.dumps(found, indent=4))
     return 0
 
 
@@ -298,6 +313,9 @@ def start(argv: list[str]) -> int:
 def start_container(record: dict) -> None:
     from .exec import container_spec
     from .monitor import detach
+    if not records.detached(record):
+        raise NsmagicError(f"{record['name']} was not started with -d: only a detached "
+                           "container can be started again.")
     if records.status(record) == "running":
         return
     detach(container_spec(record).replace(name=record["name"]), record["argv"],
@@ -328,8 +346,10 @@ def rm(argv: list[str]) -> int:
             if not args.force:
                 raise NsmagicError(f"the container {record['name']} is running; stop it "
                                    "first, or use rm -f.")
-            stop_container(record, 0)
-        _monitor_gone(record["id"])
+            if records.detached(record):   # a kept cell's run is its runner's to stop
+                stop_container(record, 0)
+        if records.detached(record):
+            _monitor_gone(record["id"])
         records.remove(records.load(record["id"]))
         print(name)
     _sweep()

@@ -1,7 +1,8 @@
-"""A container's log: every line it wrote, in Docker's json-file format, one JSON object a
-line: {"log": "text\\n", "stream": "stdout", "time": "2026-12-01T17:05:07.123456Z"}.
-The monitor writes it (two LogWriters, one per stream, appending to one file); `nsmagic logs`
-reads it, follows it, takes its tail. Stdlib only."""
+"""A container's log: every line it wrote, one JSON object a line, as Docker's json-file
+driver and the images branch's kept containers (images/containers.Log) keep them:
+{"stream": "stdout", "time": 1764608707.12, "log": "text\\n"}. The monitor writes it (two
+LogWriters, one per stream, appending to one file); `nsmagic logs` reads it, follows it,
+takes its tail. Stdlib only."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import os
 import time
 
 
-def _now() -> str:
-    t = time.time()
+def stamp(t) -> str:
+    """A log entry's time, as Docker prints it with -t."""
+    if not isinstance(t, (int, float)):
+        return str(t or "")
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
 
@@ -43,8 +46,8 @@ class LogWriter:
     def _append(self, lines: list[str]) -> None:
         if not lines:
             return
-        now = _now()
-        data = "".join(json.dumps({"log": line, "stream": self.stream, "time": now}) + "\n"
+        now = time.time()
+        data = "".join(json.dumps({"stream": self.stream, "time": now, "log": line}) + "\n"
                        for line in lines).encode()
         os.write(self.fd, data)   # O_APPEND: one write, not interleaved with the other stream
 

@@ -34,9 +34,7 @@ def detach(spec, argv: list[str], *, auto_remove: bool = False,
     exited container's, to run again (start, restart)."""
     fresh = record is None
     if fresh:
-        record = records.new(spec.name, image=spec.rootfs or "host",
-                             command=list(spec.command), argv=argv, network=spec.network,
-                             auto_remove=auto_remove, hostname=spec.hostname)
+        record = records.new(spec, argv, auto_remove)
     else:
         records.update(record, state="created", exit_code=None, error=None, pid=None,
                        finished_at=None)
@@ -48,7 +46,10 @@ def detach(spec, argv: list[str], *, auto_remove: bool = False,
             os.close(ready_r)
             os.setsid()
             if os.fork() == 0:
-                _monitor(spec.replace(name=record["name"]), record, ready_w, watched)
+                # Its writable layer is kept at its end, as a kept container's (diff, commit).
+                _monitor(spec.replace(name=record["name"], keep_dir=record["_dir"],
+                                      hostname=spec.hostname or record["id"][:12]),
+                         record, ready_w, watched)
         finally:
             os._exit(0)
     os.close(ready_w)
