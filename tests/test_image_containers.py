@@ -28,7 +28,7 @@ def test_image_run_stays_and_can_be_looked_at(store, no_leaks):
     assert NAME.match(record.name) and record.data["State"]["ExitCode"] == 0
     table = nsmagic("ps", "-a").stdout.splitlines()
     assert table[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS",
-                                "NAMES"]
+                                "PORTS", "NAMES"]   # Docker's ps -a (network branch's ps)
     assert "Exited (0) " in table[1] and table[1].endswith(record.name)
     assert nsmagic("diff", record.name).stdout.splitlines() == [
         "C /bin", "D /bin/vi", "C /etc", "A /etc/motd", "A /new"]
