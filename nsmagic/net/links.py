@@ -22,9 +22,10 @@ from .networks import Network
 CONTAINER_IF = "eth0"
 HAIRPIN = 1   # IFLA_BRPORT_MODE: a port may send a frame back where it came from (a container
               # reaching its own published port through the host's address)
-# A token bucket: a burst of 20 ms at the rate (at least two full frames, so a frame always
-# fits), and a queue that holds 50 ms more before it drops.
-BURST_SECONDS, QUEUE_SECONDS, MIN_BURST = 0.02, 0.05, 2 * 1514
+# A token bucket: a burst of 50 ms at the rate (at least two full frames, so a frame always
+# fits: a sender held up a moment by a busy CPU loses little), and a queue that holds 200 ms
+# more before it drops (a drop makes TCP back off below the rate).
+BURST_SECONDS, QUEUE_SECONDS, MIN_BURST = 0.05, 0.2, 2 * 1514
 
 
 class Links:
