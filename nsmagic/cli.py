@@ -103,16 +103,45 @@ def ps(argv: list[str]) -> int:
     return 0
 
 
+def setup_user(argv: list[str]) -> int:
+    parser = _parser("nsmagic setup-user", "root: delegate a cgroup subtree to USER, under "
+                     "ceilings USER cannot lift")
+    parser.add_argument("user", metavar="USER", help="a user name or uid")
+    parser.add_argument("-m", "--mem", "--memory", dest="mem", metavar="SIZE",
+                        help="ceiling on all of USER's containers together (64M, 2G)")
+    parser.add_argument("--cpus", metavar="N", help="ceiling in cores (0.5, 2)")
+    parser.add_argument("--pids", "--pids-limit", dest="pids", metavar="N",
+                        help="ceiling on processes")
+    parser.add_argument("--remove", action="store_true", help="remove USER's subtree")
+    parser.add_argument("--kill", action="store_true",
+                        help="with --remove: kill what still runs in it")
+    args = parser.parse_args(argv)
+    from .cgroups import delegation
+    if args.remove:
+        gone = delegation.remove(args.user, kill=args.kill)
+        print(f"removed {len(gone)} groups of {args.user}" + "".join(f"\n  {g}" for g in gone)
+              if gone else f"{args.user} had no delegated cgroup here; nothing to remove.")
+        return 0
+    from .cgroups import Limits
+    from .spec import _parse_cpus, _parse_pids, parse_size
+    ceiling = Limits(memory=parse_size(args.mem) if args.mem else None,
+                     cpus=_parse_cpus(args.cpus), pids=_parse_pids(args.pids))
+    made = delegation.setup(args.user, ceiling)
+    print(delegation.setup_report(args.user, made, ceiling))
+    return 0
+
+
 def _parser(prog: str, description: str):
     from .spec import OptionParser
     return OptionParser(prog=prog, description=description)
 
 
-COMMANDS = {"run": run, "info": info, "ps": ps}
+COMMANDS = {"run": run, "info": info, "ps": ps, "setup-user": setup_user}
 
 USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
        nsmagic info [--json]
        nsmagic ps
+       nsmagic setup-user USER [--mem SIZE --cpus N --pids N] [--remove [--kill]]
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.
@@ -120,6 +149,9 @@ run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
 info    what this machine can do: kernel, cgroup layout, namespaces, overlayfs,
         the seccomp filter.
 ps      every running nsmagic container on this machine (any notebook's or shell's).
+setup-user  (root) give USER a cgroup subtree of their own, on any layout (v2, v1,
+        hybrid), under ceilings USER cannot lift (all their containers together);
+        USER's nsmagic finds it by itself. --remove takes it away.
 
 options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N
         --device-{read,write}-{bps,iops} DEV:RATE --blkio-weight N --hostname NAME

@@ -10,7 +10,7 @@ import platform
 import subprocess
 import sys
 
-from .cgroups import detect
+from .cgroups import delegation, detect
 from .cgroups.base import PREFIX
 from .errors import NsmagicError
 from .rootfs import secrets
@@ -48,6 +48,7 @@ def gather() -> dict:
     layout = detect()
     info = {"kernel": platform.release(), "python": sys.executable, **probed,
             "cgroup_layout": layout.kind, "cgroup": _cgroup_report(layout),
+            "delegation": delegation.describe(layout),
             "devices": _devices_report(layout), "io_weight": _io_weight_report(layout),
             "seccomp": seccomp}
     info["mode"], info["missing"] = _mode(info)
@@ -210,7 +211,7 @@ def _mode(info: dict) -> tuple[Mode, list[str]]:
         missing.append(f"namespaces ({', '.join(failed)}): {FIXES['blocked']}; "
                        f"or {FIXES['user']}.")
     if mode is Mode.ROOTLESS_NO_LIMITS:
-        missing.append(f"cgroup limits: {FIXES['cgroup']}.")
+        missing.append(f"cgroup limits: {_cgroup_fix(info)}.")
     if info.get("overlay") and mode is not Mode.UNAVAILABLE:  # else it failed on unshare
         missing.append(f"overlayfs ({info['overlay']}): {FIXES['overlay']}.")
     if info["seccomp"]["filter"] != "on" and mode is not Mode.UNAVAILABLE:
@@ -219,6 +220,21 @@ def _mode(info: dict) -> tuple[Mode, list[str]]:
         missing.append("cgroup controllers memory, cpu and pids: mount them (cgroup v2 at "
                        "/sys/fs/cgroup, or v1 hierarchies).")
     return mode, missing
+
+
+def _cgroup_fix(info: dict) -> str:
+    """The exact way to limits for this user on this host: the subtree they have but cannot
+    use from here (v2), or the setup-user command root runs for them."""
+    found = info.get("delegation") or {}
+    if found.get("outside"):
+        return found["outside"].rstrip(".")
+    if not found.get("command"):
+        return FIXES["cgroup"]
+    fix = f"have root run {found['command']} (it delegates a cgroup to you on any layout)"
+    if os.path.isdir("/run/systemd/system") and info["cgroup_layout"] == "v2":
+        fix += (", or start the kernel in a delegated systemd scope (systemd-run --user "
+                "--scope -p Delegate=yes jupyter lab)")
+    return fix
 
 
 def report(info: dict) -> str:
@@ -231,6 +247,7 @@ def report(info: dict) -> str:
         f"Cgroup layout:     {info['cgroup_layout']}"
         + (f" (cgroup2 at {cg['v2_mount']} with: {' '.join(cg['v2_controllers']) or 'none'})"
            if cg["v2_mount"] else ""),
+        f"Cgroup delegation: {info['delegation']['text']}",
         "Cgroup controllers:",
     ]
     for c, state in cg["controllers"].items():
@@ -270,5 +287,5 @@ def unavailable_reason(info: dict, spec) -> str | None:
     wants_limits = any(v is not None for v in (spec.memory, spec.cpus, spec.pids))
     if spec.strict and wants_limits and mode is Mode.ROOTLESS_NO_LIMITS:
         return ("%%container cannot enforce --mem, --cpus or --pids on this host: cgroup "
-                f"limits: {FIXES['cgroup']}.")
+                f"limits: {_cgroup_fix(info)}.")
     return None

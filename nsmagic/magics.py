@@ -177,13 +177,15 @@ class ContainerMagics(Magics):
         except KeyboardInterrupt:
             pass
         if not views:
-            print("no nsmagic container is running on this machine.")
+            from .ps import none_running
+            print(none_running())
 
 
 HELP = build_parser(_MagicParser).format_help() + """
 Line magic:
   %container info     what this machine can do (kernel, cgroups, namespaces, overlayfs)
   %container ps       every running nsmagic container on this machine, like `docker ps`
+                      (a user's own only; root sees every user's)
   %container stats    a live plot for each of them until interrupted (--seconds N to stop)
 
 The last run's result is `_container` (exit_code, oom_killed, memory_peak, cpu_s, ...).

@@ -1,5 +1,6 @@
 """`docker ps` and `docker stats` for nsmagic: every run's cgroup on this machine (any
-runner's: this kernel, another notebook, a shell), found by its `nsmagic-` name."""
+runner's: this kernel, another notebook, a shell), found by its `nsmagic-` name. Root sees
+every user's, with its owner; a user sees their own only."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def running() -> list[Cgroup]:
     processes died with it, and the next start sweeps the group. Spares are not listed."""
     alive = []
     for cg in _all_groups():
-        if _is_spare(cg):
+        if not mine(cg) or _is_spare(cg):
             cg.close()
             continue
         pid = owner(cg)
@@ -42,6 +43,28 @@ def running() -> list[Cgroup]:
         except PermissionError:
             alive.append(cg)
     return alive
+
+
+def owner_uid(cg: Cgroup) -> int | None:
+    """Who made the group (the kernel makes a user's mkdir theirs): the run's user."""
+    try:
+        return os.stat(cg.directories()[0]).st_uid
+    except (OSError, IndexError):
+        return None
+
+
+def mine(cg: Cgroup) -> bool:
+    """Root sees every run; a user, only runs they made (another user's are none of theirs
+    to list, whatever the file system lets them read)."""
+    return os.geteuid() == 0 or owner_uid(cg) == os.getuid()
+
+
+def user_name(uid: int | None) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name if uid is not None else "?"
+    except KeyError:
+        return str(uid)
 
 
 def owner(cg: Cgroup) -> int | None:
@@ -57,17 +80,24 @@ def age(cg: Cgroup) -> float:
         return 0.0
 
 
+def none_running() -> str:
+    return ("no nsmagic container is running on this machine." if os.geteuid() == 0 else
+            "no nsmagic container of yours is running on this machine.")
+
+
 def table(groups: list[Cgroup] | None = None) -> str:
     groups = running() if groups is None else groups
     if not groups:
-        return "no nsmagic container is running on this machine."
-    lines = [f"{'ID':<14} {'OWNER':>7} {'UP':>7} {'PIDS':>5} {'CPU s':>7} {'MEMORY':>22}"]
+        return none_running()
+    lines = [f"{'ID':<14} {'USER':<10} {'OWNER':>7} {'UP':>7} {'PIDS':>5} {'CPU s':>7} "
+             f"{'MEMORY':>22}"]
     for cg in groups:
         u, lim = cg.usage(), cg.limits
         memory = format_size(u.working_set) + (f" / {format_size(lim.memory)}"
                                                if lim.memory else "")
-        lines.append(f"{cg.name.split('-')[-1]:<14} {owner(cg) or '?':>7} {age(cg):6.1f}s "
-                     f"{u.pids_current:>5} {u.cpu_usec / 1e6:7.2f} {memory:>22}")
+        lines.append(f"{cg.name.split('-')[-1]:<14} {user_name(owner_uid(cg))[:10]:<10} "
+                     f"{owner(cg) or '?':>7} {age(cg):6.1f}s {u.pids_current:>5} "
+                     f"{u.cpu_usec / 1e6:7.2f} {memory:>22}")
         cg.close()
     return "\n".join(lines)
 

@@ -225,7 +225,10 @@ def write_error(path: str, value: str, err: OSError) -> CgroupError:
 
 def _hint(err: OSError) -> str:
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "run as root, or delegate a writable cgroup subtree to this user."
+        if os.geteuid() == 0:
+            return "this cgroup file system is read-only or locked for root here (a container)."
+        from .delegation import setup_command
+        return f"run as root, or have root delegate a cgroup to you: {setup_command()}."
     if err.errno == errno.EBUSY:
         return "a process or a child group still uses it."
     if err.errno == errno.EINVAL:
