@@ -46,7 +46,11 @@ def run_parent(layout: Layout) -> str:
         from .delegation import outside_message
         raise CgroupError(outside_message(layout.delegated_v2, own))
     if os.path.basename(own) == LEAF:
-        return os.path.dirname(own)
+        # Put here by root (a spawner's join) or by an earlier runner of this user: the
+        # parent may not hand its controllers down yet.
+        parent = os.path.dirname(own)
+        _enable(parent, _available(parent))
+        return parent
     if not os.access(os.path.join(own, "cgroup.subtree_control"), os.W_OK):
         from .delegation import setup_command
         raise CgroupError(f"the cgroup {own} is not delegated to this user; run as root, have "
