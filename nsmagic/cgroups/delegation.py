@@ -321,17 +321,24 @@ def join(user: str | int, pid: int = 0, layout: Layout | None = None) -> list[st
     """Move `pid` (0: the calling process) into the user's leaf in every delegated
     hierarchy, so that it and all it starts count against the user's ceilings and, on v2,
     may use the subtree. Root only; returns the groups joined."""
+    joined = leaves(user, layout)
+    for leaf in joined:
+        write(f"{leaf}/cgroup.procs", str(pid))
+    return joined
+
+
+def leaves(user: str | int, layout: Layout | None = None) -> list[str]:
+    """The user's leaf groups, one per delegated hierarchy: where join puts a process."""
     uid = user if isinstance(user, int) else resolve_user(user).pw_uid
     layout = layout or detect()
-    joined = []
+    found = []
     for mount in sorted(hierarchies(layout)):
         leaf = os.path.join(delegated_dir(mount, uid), LEAF)
         if not os.path.isdir(leaf):
             raise CgroupError(f"{user_name(uid)} has no delegated cgroup at {leaf}; run "
                               f"{setup_command(uid)} as root first.")
-        write(f"{leaf}/cgroup.procs", str(pid))
-        joined.append(leaf)
-    return joined
+        found.append(leaf)
+    return found
 
 
 # --- what the user's nsmagic says (info)
