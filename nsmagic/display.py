@@ -86,11 +86,15 @@ class Plot:
         self.header_px = int(0.09 * height * dpi)
         self._fonts = _fonts(round(8.5 * dpi / 72))
         self._limits_and_legends()
-        self._background = None
+        # Backgrounds (the figure without its moving artists) by the axes' limits: a frame
+        # whose limits were drawn before, in this run or an earlier one, restores one.
+        self._backgrounds: dict[tuple, object] = {}
         self.full_draws = 0
         self.frames = 0
         if io_limits:
             self._add_io_panel()
+        self._initial = self._limits()
+        self._key = (memory_limit, cpus, io_limits)
 
     def _style_axes(self) -> None:
         for ax, title in ((self.ax_cpu, "CPU, % of one core"), (self.ax_mem, "memory, MiB")):
@@ -178,7 +182,8 @@ class Plot:
                 top = max(top, rate / MiB * 1.3)
         ax.set_ylim(0, top)
         _legend(ax, handles[:3])
-        self._background = None
+        self._backgrounds.clear()    # the figure itself changed
+        self.grew = True
 
     # -- axes grow by doubling, so the background is redrawn log2(n) times per run
 
@@ -186,7 +191,8 @@ class Plot:
         changed = False
         x_top = self.ax_cpu.get_xlim()[1]
         if final:
-            want = max(1.0, series.duration * 1.03)
+            # a "nice" length, so that runs of about the same length share a background
+            want = _nice(max(1.0, series.duration * 1.03))
             if abs(want - x_top) > 1e-9:
                 x_top, changed = want, True
         else:
@@ -213,11 +219,56 @@ class Plot:
             while io_max > io_top * 0.95:
                 io_top, changed = io_top * 2, True
                 self.ax_io.set_ylim(0, io_top)
-        if changed:
-            self._background = None
 
     def _axes(self) -> list:
         return [ax for ax in (self.ax_cpu, self.ax_mem, self.ax_io) if ax is not None]
+
+    def _limits(self) -> tuple:
+        return tuple((*ax.get_xlim(), *ax.get_ylim()) for ax in self._axes())
+
+    def _background(self):
+        """The background for the axes as they are now: drawn once per set of limits."""
+        key = self._limits()
+        background = self._backgrounds.get(key)
+        if background is None:
+            self.canvas.draw()               # skips the animated artists
+            background = self.canvas.copy_from_bbox(self.fig.bbox)
+            if len(self._backgrounds) >= 4:  # ~0.8 MB each: keep the newest
+                self._backgrounds.pop(next(iter(self._backgrounds)))
+            self._backgrounds[key] = background
+            self.full_draws += 1
+        else:
+            self.canvas.restore_region(background)
+
+    # -- one Plot per kind of run is kept between a kernel's cells: making the figure and
+    # drawing its first background cost ~120 ms here, more than the frames of a short cell
+
+    _idle: dict[tuple, Plot] = {}
+
+    @classmethod
+    def acquire(cls, memory_limit=None, cpus=None, io_limits=None) -> Plot:
+        """A Plot for a new run: an idle one kept from an earlier run with the same limits
+        (axes back where they start), else a new one."""
+        plot = cls._idle.pop((memory_limit, cpus, io_limits), None)
+        if plot is None:
+            return cls(memory_limit, cpus, io_limits=io_limits)
+        for ax, (x0, x1, y0, y1) in zip(plot._axes(), plot._initial):
+            ax.set_xlim(x0, x1)
+            ax.set_ylim(y0, y1)
+        return plot
+
+    def release(self) -> None:
+        """The run is over: keep this Plot for the next run like it (at most 2 kinds kept);
+        one that grew a disk I/O panel on the way is not like any new run: closed."""
+        if getattr(self, "grew", False) and not self.io_limits:
+            self.close()
+            return
+        old = Plot._idle.pop(self._key, None)
+        if old is not None and old is not self:
+            old.close()
+        Plot._idle[self._key] = self
+        while len(Plot._idle) > 2:
+            Plot._idle.pop(next(iter(Plot._idle))).close()
 
     def render(self, series: Series, final: bool = False, header: str | None = None) -> bytes:
         """One frame as PNG bytes: one (partial) draw, one encode. `final` fits the time
@@ -225,12 +276,7 @@ class Plot:
         if self.ax_io is None and series.io_seen:
             self._add_io_panel()
         self._fit(series, final)
-        if self._background is None:
-            self.canvas.draw()               # skips the animated artists
-            self._background = self.canvas.copy_from_bbox(self.fig.bbox)
-            self.full_draws += 1
-        else:
-            self.canvas.restore_region(self._background)
+        self._background()
         t = series.t
         self.cpu_line.set_data(t, series.cpu)
         self.mem_line.set_data(t, series.memory)
@@ -263,7 +309,16 @@ class Plot:
 
     def close(self) -> None:
         self.fig.clear()
-        self._background = None
+        self._backgrounds.clear()
+
+
+def _nice(seconds: float) -> float:
+    """The least of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten that holds it."""
+    power = 10.0 ** math.floor(math.log10(seconds))
+    for step in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if step * power >= seconds - 1e-9:
+            return step * power
+    return 10 * power
 
 
 def _legend(ax, handles) -> None:
@@ -401,7 +456,7 @@ class LiveView:
             widgets = WIDGETS
         self.widgets = _widgets_work() if widgets is None else bool(widgets and _widgets_work())
         self.period = FRAME_PERIOD if period is None else period
-        self.plot = Plot(spec.memory, spec.cpus, io_limits=io_limits(spec))
+        self.plot = Plot.acquire(spec.memory, spec.cpus, io_limits=io_limits(spec))
         self.series: Series | None = None
         self.handle = None              # IPython DisplayHandle of the plot (both modes)
         self._box = self._image = self._stats = None
@@ -527,5 +582,5 @@ class LiveView:
             self.errors.append(f"{type(err).__name__}: {err}")
             print(f"nsmagic: final plot failed: {self.errors[-1]}", file=sys.stderr)
         finally:
-            self.plot.close()
+            self.plot.release()
         print(result.summary(), file=sys.stderr if result.error else sys.stdout)
