@@ -164,18 +164,25 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Sampler(threading.Thread):
-    """Every half second: every container's cgroup memory and the count of containers."""
+    """Every half second: the memory of every container of these kernels (their run groups
+    are named after them: others' runs on the machine are not counted), and their count."""
 
-    def __init__(self):
+    def __init__(self, kernel_pids: list[int]):
         super().__init__(daemon=True)
+        self.kernel_pids = set(kernel_pids)
         self.per_container: list[float] = []
         self.most = 0
         self._done = threading.Event()
 
     def run(self) -> None:
-        from nsmagic.ps import running  # containers, not spares made ahead
+        from nsmagic.ps import owner, running  # containers, not spares made ahead
         while not self._done.wait(0.5):
-            groups = running()
+            groups = []
+            for cg in running():
+                if owner(cg) in self.kernel_pids:
+                    groups.append(cg)
+                else:
+                    cg.close()
             used = []
             for cg in groups:
                 try:
@@ -248,7 +255,7 @@ def percentiles(values: list[float]) -> dict:
 
 def class_run(students: list[Student], cell: str, count: int) -> dict:
     before = {id(s): [cpu_seconds(p) for p in s.pids()] for s in students}
-    sampler = Sampler()
+    sampler = Sampler([s.pids()[0] for s in students])
     sampler.start()
     start = threading.Barrier(len(students))
     threads = [threading.Thread(target=s.cells, args=(cell, count, start)) for s in students]
