@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         report.idle_pss = room.kernel_pss()
         report.live = class_run(room.students, cell, args.cells)
         report.students = room.students
+        report.live_latencies = [t for s in room.students for t in s.latencies]
         if args.compare_plot:
             for s in room.students:
                 s.latencies.clear()
@@ -372,6 +373,7 @@ class Report:
         self.live: dict = {}
         self.no_plot: dict | None = None
         self.no_plot_latencies: list[float] = []
+        self.live_latencies: list[float] = []
         self.students: list[Student] = []
         self.idle_pss: list[int] = []
         self.left: list[str] = []
@@ -380,7 +382,7 @@ class Report:
         return [f for s in self.students for f in s.failures]
 
     def numbers(self) -> dict:
-        class_lat = [t for s in self.students for t in s.latencies]
+        class_lat = self.live_latencies
         cells = len(class_lat)
         sampler = self.live.get("sampler")
         out = {

@@ -112,6 +112,25 @@ def test_the_next_cells_plot_is_kept_and_draws_nothing_twice():
     assert Plot.acquire(48 * MiB, None) is not first   # other limits: a figure of its own
 
 
+@pytest.mark.core
+def test_a_crowded_machine_gets_fewer_frames(monkeypatch):
+    """The frame period is stretched by the load per CPU: 40 kernels' plots on 2 cores
+    would otherwise take a core of their own."""
+    from nsmagic import display
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(display.os, "getloadavg", lambda: (0.5 * cores, 0, 0))
+    assert display._crowd() == 1.0
+    monkeypatch.setattr(display.os, "getloadavg", lambda: (20.0 * cores, 0, 0))
+    assert display._crowd() == 20.0
+    view = display.LiveView.__new__(display.LiveView)
+    view.__dict__.update(series=None, errors=[], plot=display.Plot.acquire(), period=0.22,
+                         _next_frame=0.0, _cost=None, frame_times=[], widgets=False,
+                         handle=None, _box=None, name="")
+    view._show = lambda png: None
+    view.update(_usage(time.monotonic()))
+    assert view._next_frame - time.monotonic() > 0.22 * 19
+
+
 # --- through a real kernel, as Jupyter runs it
 
 
