@@ -136,12 +136,18 @@ def _parser(prog: str, description: str):
     return OptionParser(prog=prog, description=description)
 
 
-COMMANDS = {"run": run, "info": info, "ps": ps, "setup-user": setup_user}
+def kernel(argv: list[str]) -> int:
+    from . import kernel as kernels
+    return kernels.main(argv)
+
+
+COMMANDS = {"run": run, "info": info, "ps": ps, "setup-user": setup_user, "kernel": kernel}
 
 USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
        nsmagic info [--json]
        nsmagic ps
        nsmagic setup-user USER [--mem SIZE --cpus N --pids N] [--remove [--kill]]
+       nsmagic kernel install --name NAME [--user | --prefix DIR] [run options]
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.
@@ -152,6 +158,9 @@ ps      every running nsmagic container on this machine (any notebook's or shell
 setup-user  (root) give USER a cgroup subtree of their own, on any layout (v2, v1,
         hybrid), under ceilings USER cannot lift (all their containers together);
         USER's nsmagic finds it by itself. --remove takes it away.
+kernel install  a kernelspec whose whole kernel runs in a container with these run
+        options (--mem, --cpus, --pids, --rootfs, -v ...); interrupt, restart and
+        shutdown work; `nsmagic ps` shows it.
 
 options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N
         --device-{read,write}-{bps,iops} DEV:RATE --blkio-weight N --hostname NAME
