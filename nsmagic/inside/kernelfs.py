@@ -88,7 +88,13 @@ def _sys(root: Root) -> None:
         mount("sysfs", fd_path(target), "sysfs", NOSUID_NODEV_NOEXEC | MS_RDONLY)
     except OSError:   # a user namespace without its own network namespace may not
         step("bind", "/sys", mount, "/sys", fd_path(target), None, MS_BIND | MS_REC)
-        step("make read-only", "/sys", remount_read_only, fd_path(target))
+        # `target` still names the directory under the new mount: remounting through it
+        # fails (EINVAL, not a mount point); the path resolved again names the mount
+        bound = root.kernel_dir("sys")
+        try:
+            step("make read-only", "/sys", remount_read_only, fd_path(bound))
+        finally:
+            os.close(bound)
     finally:
         os.close(target)
 
