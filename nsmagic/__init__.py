@@ -8,10 +8,14 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython):
-    from .magics import ContainerMagics
+    from .magics import ContainerMagics, empty_body
     ipython.register_magics(ContainerMagics)
+    if empty_body not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(empty_body)
 
 
 def unload_ipython_extension(ipython):
-    from .magics import ContainerMagics
+    from .magics import ContainerMagics, empty_body
     ipython.magics_manager.registry.pop(ContainerMagics.__name__, None)
+    if empty_body in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(empty_body)

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     except NsmagicError as err:
         print(f"nsmagic: {err}", file=sys.stderr)
         return EXIT_SETUP
+    except BrokenPipeError:   # `nsmagic inspect x | head`: the reader has what it wanted
+        return 128 + signal.SIGPIPE
 
 
 def entry() -> None:
@@ -55,6 +57,9 @@ def exit_now(code: int) -> None:
 def run(argv: list[str]) -> int:
     from .spec import Spec, build_parser
     args = build_parser(prog="nsmagic run", face="cli").parse_args(argv)
+    words = list(args.command or ())
+    if words and words[0] != "--" and args.image is None:   # Docker's: IMAGE [COMMAND...]
+        args.image, args.command = words[0], words[1:]
     spec = Spec.from_args(args)
     if spec.is_python_cell:   # no command: Python, with the script from stdin
         spec = spec.replace(script=sys.stdin.read())
@@ -63,7 +68,7 @@ def run(argv: list[str]) -> int:
     forkserver.use_in_process()   # this process is small and single-threaded
     signal.signal(signal.SIGINT, signal.default_int_handler)   # now a stop has work to do
     try:
-        result = core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
+        result = _run(spec)
     except core.Interrupted as stop:
         result = stop.result
         how = (f"stopped with {result.stopped_by}" if result.stopped_by else
@@ -82,6 +87,18 @@ def run(argv: list[str]) -> int:
     return result.exit_code if result.exit_code is not None else EXIT_SETUP
 
 
+def _run(spec):
+    """core.run, or for a container that stays (see images.containers) the same run kept."""
+    from . import core
+    if spec.unconfined or spec.rm or not (spec.image or spec.keep or spec.name):
+        return core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
+    from .images import containers
+    if not containers.should_keep(spec, cli=True):
+        return core.run(spec, out=sys.stdout.buffer, err=sys.stderr.buffer)
+    return containers.run_kept(spec, core.run, out=sys.stdout.buffer,
+                               err=sys.stderr.buffer)[0]
+
+
 def info(argv: list[str]) -> int:
     parser = _parser("nsmagic info", "what this machine can do")
     parser.add_argument("--json", action="store_true", help="print it as JSON")
@@ -97,7 +114,12 @@ def info(argv: list[str]) -> int:
 
 
 def ps(argv: list[str]) -> int:
-    _parser("nsmagic ps", "every running nsmagic container on this machine").parse_args(argv)
+    parser = _parser("nsmagic ps", "every running nsmagic container on this machine")
+    parser.add_argument("-a", "--all", action="store_true",
+                        help="also the containers that exited and stay (until rm)")
+    if parser.parse_args(argv).all:
+        from .images.commands import ps_all
+        return ps_all([])
     from .ps import table
     print(table())
     return 0
@@ -141,13 +163,43 @@ def kernel(argv: list[str]) -> int:
     return kernels.main(argv)
 
 
-COMMANDS = {"run": run, "info": info, "ps": ps, "setup-user": setup_user, "kernel": kernel}
+def _image_command(name: str):
+    """An image command (images, rmi, tag, inspect, history, image, load, save), imported
+    only when asked for."""
+    def command(argv: list[str]) -> int:
+        from .images.commands import commands
+        return commands()[name](argv)
+    return command
+
+
+def build(argv: list[str]) -> int:
+    from .images.commands import build as build_image
+    from .runtime import forkserver
+    forkserver.use_in_process()   # each RUN clones its PID 1 from this small process
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return build_image(argv, out=sys.stdout.buffer, err=sys.stderr.buffer)
+
+
+COMMANDS = {"run": run, "info": info, "ps": ps, "build": build, "setup-user": setup_user,
+            "kernel": kernel,
+            **{name: _image_command(name) for name in (
+                "images", "image", "rmi", "tag", "inspect", "history", "load", "save",
+                "container", "rm", "diff", "commit", "logs", "pull", "push", "login",
+                "logout")}}
 
 USAGE = """usage: nsmagic run [options] [--json] -- COMMAND [ARG...]
+       nsmagic run [options] [--json] IMAGE [COMMAND [ARG...]]
        nsmagic info [--json]
        nsmagic ps
        nsmagic setup-user USER [--mem SIZE --cpus N --pids N] [--remove [--kill]]
        nsmagic kernel install --name NAME [--user | --prefix DIR] [run options]
+       nsmagic images | rmi IMAGE... | tag SOURCE TARGET | inspect IMAGE... | history IMAGE
+       nsmagic image ls|rm|tag|inspect|history|prune|load|save
+       nsmagic load [-i FILE] | save [-o FILE] IMAGE...
+       nsmagic build -t NAME [-f FILE] [--build-arg K=V] [--no-cache] DIR
+       nsmagic ps -a | rm CONTAINER... | diff CONTAINER | commit CONTAINER NAME | logs CONTAINER
+       nsmagic container ls|rm|prune|inspect|diff|commit|logs
+       nsmagic pull|push [--insecure] REGISTRY/NAME[:TAG] | login REGISTRY -u USER --password-stdin
 
 run     run COMMAND in fresh namespaces under cgroup limits on an overlay root
         (no COMMAND: Python, reading the script from stdin); exits with its status.
@@ -161,6 +213,10 @@ setup-user  (root) give USER a cgroup subtree of their own, on any layout (v2, v
 kernel install  a kernelspec whose whole kernel runs in a container with these run
         options (--mem, --cpus, --pids, --rootfs, -v ...); interrupt, restart and
         shutdown work; `nsmagic ps` shows it.
+images  the images in the store (hello-world and busybox are made on first use, with no
+        network; host, the default, is the host's own /usr, /etc and /opt).
+load    images from a docker save or OCI archive; save writes one that docker load and
+        skopeo read.
 
 options of run (nsmagic run --help for all): --mem SIZE --cpus N --pids N
         --device-{read,write}-{bps,iops} DEV:RATE --blkio-weight N --hostname NAME

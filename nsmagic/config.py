@@ -75,8 +75,14 @@ class RootPlan:
     storage: int                  # bytes the run may write to its root (the upper layers)
     hidden: tuple[str, ...] = ()  # host paths the default root does not show (secrets)
     resolv_conf: str = ""         # the container's /etc/resolv.conf
+    # A host directory (made by the runner, in the image store) that the root's writable
+    # layer is copied into, as upper/, when the workload exits (a container that stays, a
+    # build's RUN; see inside/keep.py). "" for none.
+    keep_dir: str = ""
 
     def __post_init__(self):
+        if self.keep_dir:
+            _absolute("directory the writable layer is kept in", self.keep_dir)
         for path in self.hidden:
             _absolute("hidden path", path)
             if ".." in path.split("/"):

@@ -36,9 +36,13 @@ def start(spec: Spec, out=None, err=None) -> Run:
 
 
 def run(spec: Spec, out=None, err=None,
-        on_sample: Callable[[Usage, Run], None] | None = None) -> Result:
+        on_sample: Callable[[Usage, Run], None] | None = None, channel=None) -> Result:
     """Run to the end. Ctrl-C stops the container (SIGINT, SIGTERM, SIGKILL), cleans up, and
-    raises Interrupted with the result."""
+    raises Interrupted with the result. A Python cell run through IPython (spec.ipython)
+    speaks through `channel` (cell.channel.Channel: made here when not given)."""
+    if spec.ipython and spec.is_python_cell and channel is None:
+        from .cell.channel import Channel
+        channel = Channel(spec)
     out_buf = io.StringIO() if spec.out_var else None
     err_buf = io.StringIO() if spec.err_var else None
     container = Run(spec, out_buf or out, err_buf or err)
@@ -47,7 +51,7 @@ def run(spec: Spec, out=None, err=None,
         container.start()
         if container.warning:   # a banner before the cell runs, never a silent downgrade
             print(f"nsmagic: {container.warning}", file=sys.stderr, flush=True)
-        follower = Follower(container, out_buf or out, err_buf or err, on_sample)
+        follower = Follower(container, out_buf or out, err_buf or err, on_sample, channel)
         follower.follow()
         container.wait()
         return _result(container, follower.last_sample(), follower, follower.stop, out_buf,

@@ -2,9 +2,21 @@
 counters (CPU and memory, and block I/O once there is some or a limit on it), redrawn a few
 times a second while the cell runs, left as a static PNG with a summary table when it ends.
 
-    view = LiveView(spec)            # in the kernel, before the run starts
+    view = LiveView(spec)            # in the kernel, before the run starts (costs nothing)
     core.run(spec, ..., on_sample=view.update)
     view.finish(result)
+
+A run shorter than `delay` (PLOT_AFTER, 1 s) is not plotted: it ends with its summary line
+only, and costs nothing here (no matplotlib, no widgets, no message). A plot of a shorter
+run would hold at most four samples, and its first frame (imports, a full draw: ~200 ms
+here, 400-900 ms on a slow machine) would cost more than the run. From `delay` on, the view
+draws every sample it has kept since the start.
+
+The last frame of a plotted run (fitted axes, the result in its header: a full draw) is made
+off the cell's path where the frontend shows display updates that come after the cell's end:
+one that allows input (JupyterLab, Notebook, VS Code keep a finished cell's display ids
+live). Batch runners (nbclient, nbconvert, papermill) allow none and stop listening when the
+cell ends: for them the last frame is made before the cell ends.
 
 Two ways to reach the notebook, same picture:
 
@@ -32,21 +44,47 @@ stays cheap."""
 from __future__ import annotations
 
 import base64
+import contextvars
 import html
 import math
 import os
 import struct
 import sys
+import threading
 import time
 import zlib
 
 from .monitor import MiB, Series
 
-__all__ = ["LiveView", "Plot", "WIDGETS", "FRAME_PERIOD", "summary_bundle"]
+__all__ = ["LiveView", "Plot", "WIDGETS", "FRAME_PERIOD", "PLOT_AFTER", "settle",
+           "summary_bundle"]
 
 WIDGETS: bool | None = None     # default of LiveView(widgets=None); None: auto
 FRAME_PERIOD = 0.22             # seconds between frames at least: about 4 Hz, whatever the sampling
 FRAME_BUDGET = 0.04             # a frame may cost at most this share of one core (backs off)
+PLOT_AFTER = 1.0                # seconds a run lasts before it is plotted (see above)
+
+# matplotlib is not made for threads: frames of the live view (the kernel's main thread) and
+# last frames made off the cell's path (a thread each) are drawn one at a time.
+_RENDER = threading.Lock()
+_LAST_FRAMES: list[threading.Thread] = []
+
+
+def settle(timeout: float = 30.0) -> None:
+    """Wait for the last frames still being made off their cells' path."""
+    while _LAST_FRAMES:
+        _LAST_FRAMES.pop().join(timeout)
+
+
+def _late_updates_shown() -> bool:
+    """Does the frontend of this cell show display updates that come after the cell's end?
+    Interactive frontends do, and send allow_stdin; batch runners send it off."""
+    try:
+        from IPython import get_ipython
+        kernel = getattr(get_ipython(), "kernel", None)
+    except Exception:
+        return False
+    return bool(getattr(kernel, "_allow_stdin", False))
 
 _COLORS = {"cpu": "#1f77b4", "throttled": "#d62728", "quota": "#7f7f7f", "memory": "#2ca02c",
            "working_set": "#9467bd", "peak": "#2ca02c", "limit": "#7f7f7f", "oom": "#d62728",
@@ -461,13 +499,14 @@ class LiveView:
 
     last: LiveView | None = None
 
-    def __init__(self, spec, widgets: bool | None = None, period: float | None = None):
+    def __init__(self, spec, widgets: bool | None = None, period: float | None = None,
+                 delay: float | None = None):
         self.spec = spec
-        if widgets is None:
-            widgets = WIDGETS
-        self.widgets = _widgets_work() if widgets is None else bool(widgets and _widgets_work())
+        self.want_widgets = WIDGETS if widgets is None else widgets
+        self.widgets = False
         self.period = FRAME_PERIOD if period is None else period
-        self.plot = Plot.acquire(spec.memory, spec.cpus, io_limits=io_limits(spec))
+        self.delay = PLOT_AFTER if delay is None else delay
+        self.plot: Plot | None = None    # made when the run has lasted `delay`
         self.series: Series | None = None
         self.handle = None              # IPython DisplayHandle of the plot (both modes)
         self._box = self._image = self._stats = None
@@ -488,9 +527,14 @@ class LiveView:
         now = time.monotonic()
         if now < self._next_frame or self.errors:
             return
+        if self.plot is None and (usage.time - self.series.start < self.delay
+                                  or not self._start()):
+            return
         begin, full_draws = time.perf_counter(), self.plot.full_draws
         try:
-            self._show(self.plot.render(self.series))
+            with _RENDER:
+                png = self.plot.render(self.series)
+            self._show(png)
         except Exception as err:       # a broken plot must never break the run
             self.errors.append(f"{type(err).__name__}: {err}")
             print(f"nsmagic: live plot stopped: {self.errors[-1]}", file=sys.stderr)
@@ -502,6 +546,19 @@ class LiveView:
         if self.plot.full_draws == full_draws:
             self._cost = cost if self._cost is None else 0.7 * self._cost + 0.3 * cost
         self._next_frame = now + max(self.period, (self._cost or 0.0) / FRAME_BUDGET) * _crowd()
+
+    def _start(self) -> bool:
+        """The run has lasted long enough to be plotted: matplotlib (and widgets) now."""
+        try:
+            want = self.want_widgets
+            self.widgets = _widgets_work() if want is None else bool(want and _widgets_work())
+            with _RENDER:   # the pool is shared with the last-frame threads
+                self.plot = Plot.acquire(self.spec.memory, self.spec.cpus,
+                                         io_limits=io_limits(self.spec))
+        except ImportError as err:     # no matplotlib: the summary line still comes
+            self.errors.append(f"{type(err).__name__}: {err}")
+            return False
+        return True
 
     def _show(self, png: bytes) -> None:
         from IPython.display import display
@@ -565,33 +622,46 @@ class LiveView:
         return (f"<div style='font-size:12px'><b>{html.escape(self.name)}</b>"
                 f"<table style='border-collapse:collapse;margin-top:4px'>{cells}</table></div>")
 
-    def finish(self, result) -> None:
-        """Leave the last frame as a static PNG, then the summary table; print the summary."""
+    def finish(self, result, background: bool | None = None) -> None:
+        """Leave the last frame as a static PNG, then the summary table; print the summary.
+        A run too short to be plotted gets its summary line only. The last frame is made in
+        a thread (`background`; None: where the frontend shows late updates, see above)."""
         if self.finished:
             return
         self.finished = True
-        from IPython.display import display
-        try:
-            if self.series is None and result.samples:
-                self.series = Series(start=result.samples[0].time)
+        if self.plot is not None and self.handle is not None and not self.errors:
+            from IPython.display import display
             if self.series is not None:
-                if not self.series.samples and result.samples:
-                    self.series.extend(result.samples)
                 self.series.mark_oom(result.oom_kills)
-            if self.series is not None and self.series.samples and not self.errors:
+            display(summary_bundle(result, self.name), raw=True)
+            if _late_updates_shown() if background is None else background:
+                # the cell's context (ipykernel keeps the cell's parent header in a context
+                # variable): the update says it is this cell's, whatever runs by then
+                frame = threading.Thread(target=contextvars.copy_context().run,
+                                         args=(self._last_frame, result), daemon=True,
+                                         name="nsmagic-last-frame")
+                _LAST_FRAMES.append(frame)
+                frame.start()
+            else:
+                self._last_frame(result)
+        elif self.plot is not None:
+            with _RENDER:
+                self.plot.release()
+        print(result.summary(), file=sys.stderr if result.error else sys.stdout)
+
+    def _last_frame(self, result) -> None:
+        """The run's whole series, its axes fitted, the result in the header, in place of
+        the live view (of the widget dashboard too: a saved notebook keeps a plain PNG)."""
+        try:
+            with _RENDER:
                 png = self.plot.render(self.series, final=True, header=final_line(result))
-                bundle = self._png_bundle(png, f"<nsmagic plot: {result.summary()}>")
-                if self.handle is None:
-                    display(bundle, raw=True)
-                else:
-                    # Replaces the widget view too: the saved notebook keeps a plain PNG.
-                    self.handle.update(bundle, raw=True)
-                if self._box is not None:
-                    self._box.close()
-                display(summary_bundle(result, self.name), raw=True)
+            self.handle.update(self._png_bundle(png, f"<nsmagic plot: {result.summary()}>"),
+                               raw=True)
+            if self._box is not None:
+                self._box.close()
         except Exception as err:
             self.errors.append(f"{type(err).__name__}: {err}")
             print(f"nsmagic: final plot failed: {self.errors[-1]}", file=sys.stderr)
         finally:
-            self.plot.release()
-        print(result.summary(), file=sys.stderr if result.error else sys.stdout)
+            with _RENDER:
+                self.plot.release()

@@ -22,7 +22,7 @@ MIN_CPUS = 0.01           # 1 % of a core: 1 ms of CPU time per 100 ms period
 BLKIO_WEIGHTS = (10, 1000)
 # Spec fields that shape one run's handling, not its container (see Spec.container_part).
 PER_RUN = ("script", "timeout", "raise_error", "strict", "name", "out_var", "err_var", "plot",
-           "interval", "profile")
+           "interval", "profile", "rm", "keep", "inputs", "outputs")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -87,9 +87,15 @@ class Spec:
     hostname: str | None = None
     network: str = "none"
     rootfs: str | None = None            # None: the host's system directories, read-only
+    image: str | None = None             # an image of the store; None: the host's (`host`)
+    store: str | None = None             # that store's directory; None: the default one
+    entrypoint: str | None = None        # --entrypoint: replaces the image's ("" clears it)
+    keep_dir: str | None = None          # the writable layer is copied there at the end
+    rm: bool = False                     # --rm: the container does not stay after it exits
+    keep: bool = False                   # --keep: it stays (ps -a, diff, commit, logs)
     volumes: tuple[Volume, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    workdir: str = "/"
+    workdir: str | None = None           # None: the image's WorkingDir, else /
     read_only: bool = False
     storage: int = DEFAULT_STORAGE       # bytes the run may write to its root (tmpfs upper)
     host_secrets: bool = False           # show the host's files that are not world-readable
@@ -106,6 +112,11 @@ class Spec:
     unconfined: bool = False             # no namespaces, no overlay: where the host forbids them
     seccomp: bool = True                 # Docker's default profile (--security-opt seccomp=...)
     profile: bool = False                # time every step of the run (teaching, benchmarks)
+    # A Python cell run through IPython inside, as a notebook cell (the magic: nsmagic.cell);
+    # False: plain `python -` reading the script (the CLI, the API).
+    ipython: bool = False
+    inputs: tuple[str, ...] = ()         # --input: notebook variables copied into the cell
+    outputs: tuple[str, ...] = ()        # --output: the cell's variables copied back
 
     def replace(self, **changes) -> Spec:
         return dataclasses.replace(self, **changes)
@@ -118,7 +129,9 @@ class Spec:
 
     @property
     def is_python_cell(self) -> bool:
-        return not self.command
+        """No command: the script is Python (on an image, the image's python3); on an image
+        with no script either, the image's own command runs."""
+        return not self.command and (self.image is None or bool((self.script or "").strip()))
 
     @property
     def sample_interval(self) -> float:
@@ -151,6 +164,10 @@ class Spec:
             hostname=args.hostname,
             network=args.network,
             rootfs=args.rootfs,
+            image=None if args.image in (None, "host") else args.image,
+            entrypoint=args.entrypoint,
+            rm=args.rm,
+            keep=args.keep,
             volumes=tuple(_parse_volume(v) for v in args.volume),
             env=tuple(_parse_env(e) for e in args.env),
             workdir=args.workdir,
@@ -169,6 +186,8 @@ class Spec:
             err_var=getattr(args, "err", None),
             plot=False if getattr(args, "no_plot", False) else None,
             interval=getattr(args, "interval", None),
+            inputs=_parse_names(getattr(args, "input", None)),
+            outputs=_parse_names(getattr(args, "output", None)),
         )
         validate(spec)
         return spec
@@ -273,6 +292,13 @@ def _parse_volume(text: str) -> Volume:
                         "such as /data.")
     return Volume(source, os.path.normpath(target), "ro" in options, "dev" in options,
                   "suid" in options)
+
+
+def _parse_names(text: str | None) -> tuple[str, ...]:
+    """--input/--output: a comma list of names, each once."""
+    if not text:
+        return ()
+    return tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
 
 
 def _parse_storage_opts(texts: list[str]) -> int:
@@ -411,8 +437,17 @@ def _check_network(spec: Spec):
                         f"{', '.join(NETWORKS)}.")
 
 
+def _check_image(spec: Spec):
+    if spec.image is not None and spec.rootfs is not None:
+        raise SpecError(f"--rootfs and the image {spec.image} both name the root; keep one.")
+    if spec.image is not None:
+        from .images.reference import parse
+        if not spec.image.startswith("sha256:"):
+            parse(spec.image)   # a bad name says so before anything starts
+
+
 def _check_workdir(spec: Spec):
-    if not spec.workdir.startswith("/"):
+    if spec.workdir is not None and not spec.workdir.startswith("/"):
         raise SpecError(f"-w {spec.workdir!r} must be an absolute path inside the container, "
                         "such as /tmp.")
 
@@ -431,6 +466,19 @@ def _check_variable_names(spec: Spec):
     for flag, var in (("--out", spec.out_var), ("--err", spec.err_var)):
         if var is not None and not var.isidentifier():
             raise SpecError(f"{flag} {var!r} is not a Python variable name.")
+    for flag, names in (("--input", spec.inputs), ("--output", spec.outputs)):
+        for name in names:
+            if not name.isidentifier():
+                raise SpecError(f"{flag} {name!r} is not a Python variable name; give names "
+                                "separated by commas, such as --input x,y.")
+        if names and spec.command:
+            raise SpecError(f"{flag} passes Python variables, and this cell runs "
+                            f"{spec.command[0]}; drop {flag} or the command.")
+
+
+def _check_keep(spec: Spec):
+    if spec.rm and spec.keep:
+        raise SpecError("--rm and --keep contradict each other; keep one.")
 
 
 def _check_name(spec: Spec):
@@ -440,8 +488,8 @@ def _check_name(spec: Spec):
 
 
 CHECKS = [_check_memory, _check_cpus, _check_pids, _check_blkio_weight, _check_rootfs,
-          _check_hostname, _check_network, _check_workdir, _check_timeout,
-          _check_interval, _check_variable_names, _check_name]
+          _check_image, _check_hostname, _check_network, _check_workdir, _check_timeout,
+          _check_interval, _check_variable_names, _check_name, _check_keep]
 
 
 def validate(spec: Spec) -> Spec:
@@ -484,70 +532,108 @@ def build_parser(parser_class=OptionParser, prog="%%container",
     "cell" (the magic: capture and plot options) or "cli" (nsmagic run: --json)."""
     p = parser_class(prog=prog, add_help=False, formatter_class=_Formatter,
                      description=DESCRIPTIONS[face])
-    p.add_argument("-m", "--mem", "--memory", dest="memory", metavar="SIZE",
-                   help="memory limit, e.g. 100M, 1.5G (swap held at 0)")
-    p.add_argument("--cpus", metavar="N", help="CPU quota in cores, e.g. 0.5")
-    p.add_argument("--pids", "--pids-limit", dest="pids", metavar="N",
-                   help="maximum number of processes")
-    p.add_argument("--device-read-bps", action="append", metavar="DEV:RATE",
-                   help="read rate limit on a block device, e.g. /dev/sda:10mb")
-    p.add_argument("--device-write-bps", action="append", metavar="DEV:RATE",
-                   help="write rate limit on a block device, e.g. /dev/sda:10mb")
-    p.add_argument("--device-read-iops", action="append", metavar="DEV:N",
-                   help="read operations per second on a block device")
-    p.add_argument("--device-write-iops", action="append", metavar="DEV:N",
-                   help="write operations per second on a block device")
-    p.add_argument("--blkio-weight", metavar="N",
-                   help="block I/O weight relative to other groups, 10-1000")
-    p.add_argument("--hostname", "-h", metavar="NAME", help="host name inside")
-    p.add_argument("--network", "--net", default="none", metavar="MODE",
-                   help="none (own namespace, only lo) or host")
-    p.add_argument("--rootfs", metavar="DIR",
-                   help="directory used as the read-only lower layer (default: the host's "
-                        "system directories)")
-    p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
-                   help="bind a host path into the container")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
-                   help="set an environment variable")
-    p.add_argument("-w", "--workdir", default="/", metavar="DIR", help="working directory inside")
-    p.add_argument("--read-only", action="store_true", help="mount the root read-only")
-    p.add_argument("--storage-opt", action="append", default=[], metavar="size=SIZE",
-                   help="what the run may write to its root (the upper layer, a tmpfs that "
-                        "counts against --mem), default size=1G")
-    p.add_argument("--host-secrets", action="store_true",
-                   help="show the host's files that are not world-readable (/etc/shadow, "
-                        "keys...), which the default root hides")
-    p.add_argument("-u", "--user", metavar="UID[:GID]", help="run as this user inside")
-    p.add_argument("--timeout", type=_float_arg("--timeout"), metavar="SECONDS",
-                   help="kill the container after this long")
-    p.add_argument("--name", metavar="NAME", help="a name for the run")
+    _limit_options(p.add_argument_group("limits (cgroups)"))
+    _root_options(p.add_argument_group("root file system and volumes"))
+    _process_options(p.add_argument_group("the process"), face)
+    _security_options(p.add_argument_group("security"))
     if face == "cell":
-        p.add_argument("--no-raise-error", action="store_true",
-                       help="do not raise ContainerError when the program exits non-zero")
-    p.add_argument("--strict", action="store_true",
-                   help="fail instead of running when a limit cannot be enforced")
-    p.add_argument("--profile", action="store_true",
-                   help="print how long each step took: fork, namespaces, cgroup, mounts, "
-                        "pivot_root, exec, teardown")
-    p.add_argument("--security-opt", action="append", default=[], metavar="OPT",
-                   help="seccomp=unconfined: no seccomp filter (Docker's default profile is "
-                        "loaded otherwise)")
-    p.add_argument("--unconfined", action="store_true",
-                   help="no namespaces and no overlay (for hosts that forbid them): "
-                        "writes reach the host")
-    if face == "cli":
-        p.add_argument("--json", action="store_true",
-                       help="print the result as one JSON object on the last line of stdout")
-    if face == "cell":
-        p.add_argument("--out", metavar="VAR", help="store stdout in this variable")
-        p.add_argument("--err", metavar="VAR", help="store stderr in this variable")
-        p.add_argument("--no-plot", action="store_true", help="no live plot")
-        p.add_argument("--interval", type=_float_arg("--interval"), metavar="SECONDS",
-                       help="seconds between samples of the cgroup counters")
+        _cell_options(p.add_argument_group("the notebook"))
     p.add_argument("--help", action="help", help="show this help")
     p.add_argument("command", nargs=argparse.REMAINDER,
-                   help="program to run, the cell is its script (default: Python)")
+                   help="program to run, the cell is its script (default: Python, through "
+                        "IPython)" if face == "cell" else "program to run and its arguments "
+                        "(default: Python, reading the script from stdin)")
     return p
+
+
+def _limit_options(g) -> None:
+    g.add_argument("-m", "--mem", "--memory", dest="memory", metavar="SIZE",
+                   help="memory limit, e.g. 100M, 1.5G (swap held at 0)")
+    g.add_argument("--cpus", metavar="N", help="CPU quota in cores, e.g. 0.5")
+    g.add_argument("--pids", "--pids-limit", dest="pids", metavar="N",
+                   help="maximum number of processes")
+    g.add_argument("--device-read-bps", action="append", metavar="DEV:RATE",
+                   help="read rate limit on a block device, e.g. /dev/sda:10mb")
+    g.add_argument("--device-write-bps", action="append", metavar="DEV:RATE",
+                   help="write rate limit on a block device, e.g. /dev/sda:10mb")
+    g.add_argument("--device-read-iops", action="append", metavar="DEV:N",
+                   help="read operations per second on a block device")
+    g.add_argument("--device-write-iops", action="append", metavar="DEV:N",
+                   help="write operations per second on a block device")
+    g.add_argument("--blkio-weight", metavar="N",
+                   help="block I/O weight relative to other groups, 10-1000")
+
+
+def _root_options(g) -> None:
+    g.add_argument("--rootfs", metavar="DIR",
+                   help="directory used as the read-only lower layer (default: the host's "
+                        "system directories)")
+    g.add_argument("--image", metavar="NAME",
+                   help="run on this image's layers, with its command and environment "
+                        "(default: host, the host's system directories)")
+    g.add_argument("--entrypoint", metavar="CMD",
+                   help="replace the image's Entrypoint (\"\" clears it)")
+    g.add_argument("-v", "--volume", action="append", default=[],
+                   metavar="SRC:DST[:ro,dev,suid]", help="bind a host path into the container "
+                   "(nosuid, nodev unless asked; ro read-only all the way down)")
+    g.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                   help="set an environment variable")
+    g.add_argument("-w", "--workdir", metavar="DIR",
+                   help="working directory inside (default: the image's, else /)")
+    g.add_argument("--read-only", action="store_true", help="mount the root read-only")
+    g.add_argument("--storage-opt", action="append", default=[], metavar="size=SIZE",
+                   help="what the run may write to its root (the upper layer, a tmpfs that "
+                        "counts against --mem), default size=1G")
+    g.add_argument("--host-secrets", action="store_true",
+                   help="show the host's files that are not world-readable (/etc/shadow, "
+                        "keys...), which the default root hides")
+
+
+def _process_options(g, face: str) -> None:
+    g.add_argument("--hostname", "-h", metavar="NAME", help="host name inside")
+    g.add_argument("--network", "--net", default="none", metavar="MODE",
+                   help="none (own namespace, only lo) or host")
+    g.add_argument("-u", "--user", metavar="UID[:GID]", help="run as this user inside")
+    g.add_argument("--timeout", type=_float_arg("--timeout"), metavar="SECONDS",
+                   help="kill the container after this long")
+    g.add_argument("--name", metavar="NAME", help="a name for the container (it then stays "
+                   "after it exits: ps -a, diff, commit, logs, rm)")
+    g.add_argument("--rm", action="store_true", help="remove the container when it exits "
+                   "(on the CLI an image's container stays otherwise, as Docker's)")
+    g.add_argument("--keep", action="store_true", help="keep the container after it exits")
+    g.add_argument("--profile", action="store_true",
+                   help="print how long each step took: fork, namespaces, cgroup, mounts, "
+                        "pivot_root, exec, teardown")
+    if face == "cell":
+        g.add_argument("--no-raise-error", action="store_true",
+                       help="do not raise ContainerError when the program exits non-zero")
+    if face == "cli":
+        g.add_argument("--json", action="store_true",
+                       help="print the result as one JSON object on the last line of stdout")
+
+
+def _security_options(g) -> None:
+    g.add_argument("--strict", action="store_true",
+                   help="fail instead of running when a limit cannot be enforced")
+    g.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                   help="seccomp=unconfined: no seccomp filter (Docker's default profile is "
+                        "loaded otherwise)")
+    g.add_argument("--unconfined", action="store_true",
+                   help="no namespaces and no overlay (for hosts that forbid them): "
+                        "writes reach the host")
+
+
+def _cell_options(g) -> None:
+    g.add_argument("--out", metavar="VAR", help="store stdout in this variable")
+    g.add_argument("--err", metavar="VAR", help="store stderr in this variable")
+    g.add_argument("--input", metavar="NAMES",
+                   help="notebook variables copied into the cell, e.g. x,df (pickled)")
+    g.add_argument("--output", metavar="NAMES",
+                   help="cell variables copied back into the notebook at its end (plain "
+                        "data only: numbers, text, containers, NumPy, pandas...)")
+    g.add_argument("--no-plot", action="store_true", help="no live plot")
+    g.add_argument("--interval", type=_float_arg("--interval"), metavar="SECONDS",
+                   help="seconds between samples of the cgroup counters")
 
 
 def _float_arg(flag):

@@ -42,6 +42,26 @@ def no_leaks():
     assert not after, f"left behind: {sorted(after)}"
 
 
+@pytest.fixture(scope="session")
+def ipython():
+    """IPython's test shell with nsmagic loaded: one per session (start_ipython makes it
+    the first time only, and returns nothing after)."""
+    from IPython.terminal.interactiveshell import TerminalInteractiveShell
+    from IPython.testing.globalipapp import start_ipython
+    start_ipython()
+    shell = TerminalInteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nsmagic")
+    return shell
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty image store of the test's own (NSMAGIC_STORE, which CLI runs inherit)."""
+    from nsmagic.images.store import Store
+    monkeypatch.setenv("NSMAGIC_STORE", str(tmp_path / "store"))
+    return Store().ensure()
+
+
 class Captured:
     def __init__(self, result, out, err):
         self.result, self.out, self.err = result, out, err

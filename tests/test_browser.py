@@ -27,13 +27,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
 
-GROW = """%%container --mem 100M
+GROW = """%%container --mem 150M
 import time
 blocks = []
-for i in range(20):
-    blocks.append(bytearray(4 * 2**20))     # 4 MiB more every quarter second: 80 MiB in 5 s
-    time.sleep(0.25)
-print("grew to", 4 * len(blocks), "MiB")"""
+for i in range(28):
+    blocks.append(bytearray(3 * 2**20))     # 3 MiB more every quarter second: 84 MiB in 7 s
+    time.sleep(0.25)                        # (plotted from 1 s on: a shorter run is not)
+print("grew to", 3 * len(blocks), "MiB")"""
 
 
 def _free_port() -> int:
@@ -100,13 +100,56 @@ def browser():
         chromium.close()
 
 
-def _notebook(root, name, first_cell):
+def _notebook(root, name, first_cell, second_cell=GROW):
     import nbformat
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                  "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(first_cell), nbformat.v4.new_code_cell(GROW)]
+    nb.cells = [nbformat.v4.new_code_cell(first_cell), nbformat.v4.new_code_cell(second_cell)]
     nbformat.write(nb, root / name)
+
+
+def _run_all(page, lab, name, workspace):
+    """Open the notebook alone in a workspace of its own and run its cells; the second
+    cell's output area."""
+    page.goto(f"{lab['url']}/lab/workspaces/{workspace}/tree/{name}?reset&token={lab['token']}")
+    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')",
+                           timeout=60_000)
+    page.wait_for_function(
+        "(() => { const w = window.jupyterapp.shell.currentWidget;"
+        " const k = w && w.sessionContext && w.sessionContext.session"
+        " && w.sessionContext.session.kernel;"
+        " return k && k.status === 'idle'; })()", timeout=60_000)
+    # not awaited: the command's promise resolves only when the cells are done
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+    return notebook.locator(".jp-Cell").nth(1).locator(".jp-OutputArea")
+
+
+FIGURE = """%%container --no-plot --mem 200M
+import matplotlib.pyplot as plt
+print("drawing in", open("/etc/hostname").read().strip())
+plt.plot([0, 1, 4, 9, 16], marker="o"); plt.title("drawn inside the container")
+plt.show()"""
+
+
+def test_a_figure_drawn_inside_a_container_shows_in_jupyterlab(lab, browser):
+    os.makedirs(SHOTS, exist_ok=True)
+    _notebook(lab["root"], "figure.ipynb", "%load_ext nsmagic", FIGURE)
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    output = _run_all(page, lab, "figure.ipynb", "figure")
+    image = output.locator("img").first
+    image.wait_for(state="visible", timeout=60_000)
+    output.get_by_text("exit 0").wait_for(timeout=30_000)
+    output.screenshot(path=os.path.join(SHOTS, "figure-from-the-container.png"))
+    src = image.get_attribute("src") or ""
+    assert src.startswith("data:image/png") or src.startswith("blob:"), src[:40]
+    box = image.bounding_box()
+    assert box["width"] > 300 and box["height"] > 200, box
+    text = output.inner_text()
+    assert text.index("drawing in") < text.index("exit 0")   # the text, the figure, the summary
+    assert output.locator(".jp-RenderedImage").count() == 1
+    page.close()
 
 
 @pytest.mark.parametrize("mode", ["handle", "widgets"])
@@ -117,20 +160,7 @@ def test_the_live_plot_changes_while_the_cell_runs_and_stays_at_the_end(lab, bro
     _notebook(lab["root"], name, "%load_ext nsmagic\nimport nsmagic.display\n"
                                  f"nsmagic.display.WIDGETS = {mode == 'widgets'}")
     page = browser.new_page(viewport={"width": 1100, "height": 900})
-    # a workspace of its own, reset: only this notebook is open
-    page.goto(f"{lab['url']}/lab/workspaces/{mode}/tree/{name}?reset&token={lab['token']}")
-    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')",
-                           timeout=60_000)
-    # wait until the kernel is there, then run both cells
-    page.wait_for_function(
-        "(() => { const w = window.jupyterapp.shell.currentWidget;"
-        " const k = w && w.sessionContext && w.sessionContext.session"
-        " && w.sessionContext.session.kernel;"
-        " return k && k.status === 'idle'; })()", timeout=60_000)
-    # not awaited: the command's promise resolves only when the cells are done
-    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
-    output = notebook.locator(".jp-Cell").nth(1).locator(".jp-OutputArea")
+    output = _run_all(page, lab, name, mode)
     image = output.locator("img").first
     image.wait_for(state="visible", timeout=30_000)
     time.sleep(1.0)
@@ -149,9 +179,18 @@ def test_the_live_plot_changes_while_the_cell_runs_and_stays_at_the_end(lab, bro
             int(box["y"] - out_box["y"] + min(box["height"], 250)))
     diff = ImageChops.difference(a.crop(crop), b.crop(crop)).getbbox()
     assert diff is not None, "the plot did not change during the run"
-    # after the end: the final frame (a plain PNG) and the summary table
+    # after the end: the summary table, then the last frame (a plain PNG, made after the
+    # cell's end: JupyterLab keeps a finished cell's display ids live)
     output.locator("table.nsmagic-summary").wait_for(state="visible", timeout=60_000)
-    page.wait_for_timeout(500)
+    page.wait_for_function(   # the output model of the cell holds the last frame's bundle
+        "() => { const cell = window.jupyterapp.shell.currentWidget.content.widgets[1];"
+        " const outputs = cell.model.outputs;"
+        " for (let i = 0; i < outputs.length; i++) {"
+        "   const text = outputs.get(i).data['text/plain'];"
+        "   if (text && String(text).startsWith('<nsmagic plot: exit 0')) return true; }"
+        " return false; }", timeout=30_000)
+    page.wait_for_function("area => !area.querySelector('.jupyter-widgets')",
+                           arg=output.element_handle(), timeout=30_000)
     output.screenshot(path=os.path.join(SHOTS, f"{mode}-3-final.png"))
     images = output.locator("img")
     assert images.count() == 1
@@ -159,5 +198,5 @@ def test_the_live_plot_changes_while_the_cell_runs_and_stays_at_the_end(lab, bro
     assert src.startswith("data:image/png") or src.startswith("blob:"), src[:40]
     assert output.locator(".jupyter-widgets").count() == 0     # the static frame replaced it
     text = output.inner_text()
-    assert "grew to 80 MiB" in text and "exit 0" in text
+    assert "grew to 84 MiB" in text and "exit 0" in text
     page.close()

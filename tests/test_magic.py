@@ -10,11 +10,8 @@ pytestmark = [pytest.mark.kernel, needs_root, pytest.mark.usefixtures("no_leaks"
 
 
 @pytest.fixture(scope="module")
-def ip():
-    from IPython.testing.globalipapp import start_ipython
-    shell = start_ipython()
-    shell.run_line_magic("load_ext", "nsmagic")
-    return shell
+def ip(ipython):
+    return ipython
 
 
 def test_cell_runs_python_in_the_container(ip, capsys):
@@ -114,10 +111,15 @@ def test_interrupt_through_a_real_kernel(kernel):
     assert started, messages
     ended = messages[-1]["received"]
     assert ended - started[0] < 1.5
-    text = "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
-    assert "Container was interrupted" in text
+    # one line, and no traceback through nsmagic's frames
+    errors = [m["content"] for m in messages if m["msg_type"] == "error"]
+    assert len(errors) == 1 and len(errors[0]["traceback"]) == 1, errors
+    assert errors[0]["traceback"][0].startswith("Container was interrupted (stopped with SIG")
     assert reply["content"]["status"] == "error"
-    # the kernel is alive and can run the next cell
+    # _container is the interrupted run's, and the kernel runs the next cell
+    messages, reply = _execute(kc, "print(_container.interrupted, _container.stopped_by)")
+    text = "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
+    assert reply["content"]["status"] == "ok" and text.startswith("True SIG"), text
     _, reply = _execute(kc, "%%container --no-plot\nprint('after')")
     assert reply["content"]["status"] == "ok"
 

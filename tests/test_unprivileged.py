@@ -86,3 +86,23 @@ def test_host_network_as_a_user_gets_a_read_only_sys(package):
                    "grep ' /sys ' /proc/self/mounts; touch /sys/x")
     assert done.stdout.split()[3].split(",")[0] == "ro", done
     assert "Read-only file system" in done.stderr, done
+NOTEBOOK_CELL = r"""
+import io
+from nsmagic.cell.channel import Channel
+from nsmagic.core import run
+from nsmagic.spec import Spec
+cell = "import os\nprint(os.getuid())\n!echo from the shell\n6 * 7"
+spec = Spec.from_argv("", script=cell).replace(ipython=True)
+channel, out = Channel(spec), io.StringIO()
+result = run(spec, out=out, err=out, channel=channel)
+print(out.getvalue().strip(), repr(channel.result), result.exit_code, channel.error)
+"""
+
+
+def test_a_notebook_cell_as_a_user_runs_through_ipython(package, nobody_python):
+    """The magic's way of running a Python cell (cell/host.py through IPython), rootless: the
+    user's venv is an overlay lower layer (userxattr), IPython starts from it, `!` works."""
+    done = subprocess.run([nobody_python, "-c", NOTEBOOK_CELL], capture_output=True, text=True,
+                          timeout=60, user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
+                          env={"PYTHONPATH": package, "PATH": "/usr/bin:/bin", "HOME": "/"})
+    assert done.stdout.split() == ["0", "from", "the", "shell", "42", "0", "None"], done

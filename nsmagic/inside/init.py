@@ -26,7 +26,7 @@ import time
 from .. import config
 from ..config import BootConfig, RunConfig
 from ..errors import SetupError
-from . import kernelfs, linux, root, workload
+from . import keep, kernelfs, linux, root, workload
 
 EXIT_SETUP = 125
 # Signals a runner may send to PID 1 (or a terminal to its process group) before PID 1 has
@@ -240,6 +240,9 @@ def _build_container(cfg: RunConfig, status: Status) -> None:
         root.make_read_only(new_root, cfg.plan)
     root.enter(new_root)
     status.mark("pivot_root done")
+    if new_root.keep:   # forked with PID 1's privileges, before it drops them
+        keep.start(*new_root.keep, "user.overlay.opaque" if cfg.rootless
+                   else "trusted.overlay.opaque")
     # --- host name and network
     root.step("set the host name", cfg.hostname, socket.sethostname, cfg.hostname)
     if cfg.network == "none":

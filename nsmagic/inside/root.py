@@ -87,6 +87,7 @@ class Root:
     def __init__(self, path: str):
         self.path = path
         self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.keep: tuple[int, int] | None = None   # (upper layer, store dir) for the keeper
 
     def open(self, rel: str, flags: int = os.O_PATH, resolve: int = IN_ROOT) -> int:
         return linux.openat2(self.fd, rel.lstrip("/") or ".", flags, resolve)
@@ -179,6 +180,9 @@ def open_sources(plan: RootPlan) -> _Fds:
                                      os.O_PATH | os.O_CLOEXEC)
     for bind in plan.binds:
         fds[bind.target] = step("open the volume", bind.source, _detached_copy, bind)
+    if plan.keep_dir:   # where the keeper copies the writable layer (see keep.py)
+        fds[plan.keep_dir] = step("open", plan.keep_dir, os.open, plan.keep_dir,
+                                  os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     return fds
 
 
@@ -239,11 +243,17 @@ def build(plan: RootPlan, fds: _Fds, rootless: bool) -> Root:
     path = f"{STAGE}/root"
     os.mkdir(path)
     layers = list(plan.layers)
-    if layers and layers[0].target == "/":
-        _overlay(fds, layers.pop(0), path, None, 0, rootless, plan.hidden)
+    stack = []   # an image's layers: all at /, top first, stacked into one overlay
+    while layers and layers[0].target == "/":
+        stack.append(layers.pop(0))
+    if stack:
+        _overlay(fds, stack, path, None, 0, rootless, plan.hidden, bool(plan.keep_dir))
     else:
         step("bind", "the new root", mount, path, path, None, MS_BIND)  # pivot_root needs a mount
     root = Root(path)
+    if plan.keep_dir and stack:   # the upper layer to copy, and where to
+        root.keep = (os.open(f"{STAGE}/upper/0", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
+                     fds.pop(plan.keep_dir))
     for d in plan.dirs:
         fd = root.dir(d.path, d.mode)
         os.chmod(fd_path(fd), d.mode)   # whatever the umask made of it
@@ -251,19 +261,25 @@ def build(plan: RootPlan, fds: _Fds, rootless: bool) -> Root:
     for link in plan.links:
         os.symlink(link.text, link.path, dir_fd=root.fd)
     for index, layer in enumerate(layers, 1):
-        _overlay(fds, layer, path, root, index, rootless, plan.hidden)
+        _overlay(fds, [layer], path, root, index, rootless, plan.hidden)
     for bind in plan.binds:
         _bind(fds.pop(bind.target), bind, root)
     return root
 
 
-def _overlay(fds: _Fds, layer: Layer, path: str, root: Root | None, index: int,
-             rootless: bool, hidden: tuple[str, ...]) -> None:
+def _overlay(fds: _Fds, stack: list[Layer], path: str, root: Root | None, index: int,
+             rootless: bool, hidden: tuple[str, ...], kept: bool = False) -> None:
+    """One overlay at the stack's target: its layers read-only (the first on top), a fresh
+    upper layer on the scratch tmpfs."""
+    layer = stack[0]
     upper, work = f"{STAGE}/upper/{index}", f"{STAGE}/work/{index}"
     os.makedirs(upper)
     os.makedirs(work)
     _whiteouts(upper, fds[layer.source], layer.target, hidden)
-    options = f"lowerdir={fd_path(fds[layer.source])},upperdir={upper},workdir={work}"
+    lower = ":".join(fd_path(fds[each.source]) for each in stack)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    if kept:   # the upper is read back as a layer: a renamed directory must be copied up
+        options += ",redirect_dir=nofollow"   # whole, not recorded as a redirect xattr
     if rootless:
         options += ",userxattr"   # trusted.* xattrs are root's; a user namespace uses user.*
     # nodev: a device node in an image opens nothing; nosuid: set-id bits mean nothing.

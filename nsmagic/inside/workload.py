@@ -24,7 +24,7 @@ import time
 from ..config import RunConfig
 from ..errors import SetupError
 from ..security import capabilities, seccomp
-from . import linux
+from . import keep, linux
 
 # Docker's default capability set, less MKNOD (there is no device cgroup to back it). The
 # runner compiles the seccomp filter for this set: rules depend on the capabilities kept.
@@ -155,6 +155,7 @@ def _reap_until(pid: int, status) -> None:
         if reaped == pid:
             status.mark("workload exited")
             code = exit_code(wait_status)
+            keep.finish()   # a container that stays: its writable layer copied first
             status.send(exit=code)
             for fd in (0, 1, 2, status.fd):   # the run is over for the runner: it need not
                 os.close(fd)                  # wait for the rest of our exit (teardown)

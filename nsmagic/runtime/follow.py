@@ -6,6 +6,7 @@ timeout or an interrupt turned into a stop."""
 from __future__ import annotations
 
 import codecs
+import fcntl
 import io
 import os
 import selectors
@@ -32,11 +33,10 @@ class Sink:
             return
         try:
             if self.text:
-                chunk = self.decoder.decode(data, final=not data)
-                if chunk:
-                    self.target.write(chunk)
-            elif data:
-                self.target.write(data)
+                data = self.decoder.decode(data, final=not data)
+            if not data:    # nothing written, nothing to flush (a kernel's flush waits for
+                return      # its I/O thread: ~1 ms at the end of every run)
+            self.target.write(data)
             self.target.flush()
         except BrokenPipeError:
             self.broken = True
@@ -46,25 +46,37 @@ class Follower:
     """One pass over a started run: follow() returns when PID 1 has reported the end and
     every pipe is drained (or PID 1 is gone); samples and stop say what happened."""
 
-    def __init__(self, run, out, err, on_sample=None):
+    def __init__(self, run, out, err, on_sample=None, channel=None):
         self.run, self.on_sample = run, on_sample
         self.samples: list[Usage] = []
         self.stop = Stop()
         self.sel = selectors.DefaultSelector()
         self.sinks: dict[int, Sink] = {}
         pid1 = run.pid1
+        # A Python cell run through IPython (cell/channel.py): its stdout is the channel,
+        # its stdin stays open for the replies to input(); its stderr is the host's own.
+        self.channel = channel
         for pipe, target in ((pid1.stdout, out), (pid1.stderr, err)):
             if pipe is not None:
                 os.set_blocking(pipe.fileno(), False)
-                self.sinks[pipe.fileno()] = Sink(target)
+                self.sinks[pipe.fileno()] = (channel if channel and pipe is pid1.stdout
+                                             else Sink(target))
                 self.sel.register(pipe.fileno(), selectors.EVENT_READ)
         self.sel.register(run.status_fd, selectors.EVENT_READ)
         self.status_open = True
-        self.script = (run.spec.script or "").encode()
+        # what is to go to stdin, as views of the buffers it is in (a 10 MB --input is
+        # written from its own bytes, never copied)
+        self.pending = [memoryview(b) for b in (channel.opening(run, out, err) if channel
+                                                else [(run.spec.script or "").encode()]) if b]
         self.stdin_fd = pid1.stdin.fileno() if pid1.stdin is not None else None
+        self.feeding = False
         if self.stdin_fd is not None:
             os.set_blocking(self.stdin_fd, False)
-            self.sel.register(self.stdin_fd, selectors.EVENT_WRITE)
+            if sum(len(b) for b in self.pending) > 1 << 16:   # fewer, larger writes
+                _grow_pipe(self.stdin_fd)
+            self._feed_again()
+        if channel and run.spec.outputs and pid1.stdout is not None:
+            _grow_pipe(pid1.stdout.fileno())
         self.pidfd: int | None = None
         timeout = run.spec.timeout
         self.deadline = run.started + timeout if timeout else None
@@ -77,7 +89,7 @@ class Follower:
         """KeyboardInterrupt stops the run (SIGINT, SIGTERM, SIGKILL) and is raised again
         once its output is drained."""
         try:
-            while self.status_open or self.sinks:
+            while (self.status_open or self.sinks) and not self.run.told:
                 events = self.sel.select(self._tick(time.monotonic()))
                 if not events and not self.status_open:
                     break    # PID 1 is gone, so every writer is gone: the rest is drained
@@ -131,6 +143,15 @@ class Follower:
             if data is not None:
                 sink = self.sinks[fd]
                 sink.write(data)
+                if sink is self.channel and self.channel.outbox:   # an input() answered
+                    self.pending.append(memoryview(self.channel.take_outbox()))
+                    self._feed_again()
+                if sink is self.channel and self.channel.exit is not None:
+                    # The host said how the cell ended, as it leaves: the run is over for
+                    # the caller; the rest of its exit (~2 ms: a large process's memory
+                    # unmapped, PID 1 reaping it) goes on off the cell's path.
+                    self.run.tell_exit(self.channel.exit)
+                    self._drain_now()
                 if sink.broken and not self.stop.by:
                     # As a pipeline's writer would get it: SIGPIPE, through PID 1.
                     self.run.signal(signal.SIGPIPE)
@@ -159,22 +180,48 @@ class Follower:
             self.pidfd = self.run.pid1.pidfd
             self.sel.register(self.pidfd, selectors.EVENT_READ)
 
+    def _feed_again(self) -> None:
+        if not self.feeding and self.stdin_fd is not None:
+            self.sel.register(self.stdin_fd, selectors.EVENT_WRITE)
+            self.feeding = True
+
     def _feed(self) -> None:
-        """Write what the pipe takes now; close stdin at the end so the program sees EOF."""
-        stdin = self.run.pid1.stdin
+        """Write what the pipe takes now; at the end close stdin so the program sees EOF
+        (a channel's stays open: more may go there)."""
         try:
-            if self.script:
-                self.script = self.script[os.write(self.stdin_fd, self.script[:65536]):]
+            if self.pending:
+                self._advance(os.writev(self.stdin_fd, self.pending[:64]))
         except BrokenPipeError:
-            self.script = b""
+            self.pending = []
         except BlockingIOError:
             return
-        if not self.script:
-            self.sel.unregister(self.stdin_fd)
-            try:
-                stdin.close()
-            except OSError:
-                pass
+        if self.pending:
+            return
+        self.sel.unregister(self.stdin_fd)
+        self.feeding = False
+        if self.channel is not None:
+            self.channel.sent()
+            return
+        try:
+            self.run.pid1.stdin.close()
+        except OSError:
+            pass
+        self.stdin_fd = None
+
+    def _drain_now(self) -> None:
+        """What the pipes hold now, without waiting for their ends."""
+        for fd, sink in list(self.sinks.items()):
+            while (data := _read(fd)):
+                sink.write(data)
+
+    def _advance(self, written: int) -> None:
+        while written and self.pending:
+            first = self.pending[0]
+            if written >= len(first):
+                written -= len(first)
+                self.pending.pop(0)
+            else:
+                self.pending[0], written = first[written:], 0
 
     def _drain(self) -> None:
         """After a stop every writer is dead: read each pipe to its end."""
@@ -186,6 +233,15 @@ class Follower:
                 sink.write(data)
             self.sinks.pop(fd)
             sink.write(b"")
+
+
+def _grow_pipe(fd: int, size: int = 1 << 20) -> None:
+    """A pipe of 1 MiB (the default most-a-user-may, /proc/sys/fs/pipe-max-size) for a large
+    --input or --output: 16 times fewer wake-ups than 64 KiB ones."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+    except OSError:
+        pass   # over the user's pipe quota: the default size works, a little slower
 
 
 def _read(fd: int) -> bytes | None:

@@ -52,12 +52,15 @@ class Run:
         self.status_fd: int | None = None
         self.exit_code: int | None = None
         self.reported = False      # PID 1 said how the run ended (and then it exits)
+        self.told = False          # the workload said it itself (a Python cell's host)
         self.error: str | None = None
         self.started = self.ended = 0.0
         self._status_buf = b""
         self._wants_stdio = out is not None, err is not None
         self.warning: str | None = None      # a banner: what this run does NOT enforce
         self._warnings: list[str] = []
+        self.image = None          # what the spec's image gives the run (runimage.ImageRun)
+        self.primed = False        # its interpreter has its cell's host program (ready spare)
         self.marks: list[tuple[str, float]] = []
         self._refill: list[tuple[SpareKind, cgroups.Layout]] = []
 
@@ -80,9 +83,12 @@ class Run:
         _sweep_once()
         teardown.install_hooks()
         spec, layout = self.spec, cgroups.detect()
-        if spec.user and self.rootless and spec.user[0] != 0:
-            raise SetupError("--user needs root: without it only root (uid 0) is mapped "
-                             "into the container; drop --user or run as root.")
+        self.image = _image_for(spec)   # before any container: a missing image says so
+        user = self.image.user if self.image else spec.user
+        if user and self.rootless and user[0] != 0:
+            who = "--user" if spec.user else f"the image {spec.image}'s User"
+            raise SetupError(f"{who} needs root: without it only root (uid 0) is mapped into "
+                             "the container; run as root, or pass -u 0.")
         kind = SpareKind(self.rootless, spec.network, spec.unconfined)
         ready = ready_spec(spec) if READY_SPARES and all(self._wants_stdio) else None
         ready_kind = dataclasses.replace(kind, ready=ready) if ready else None
@@ -147,6 +153,9 @@ class Run:
             self.limits_enforced = False
             self._warn(f"limits NOT enforced: {spare.cgroup_error} "
                        "(--strict makes this an error)")
+        if self.image is not None:
+            for notice in self.image.notices:
+                self._warn(notice)
 
     def _go(self, spare: Spare) -> Run:
         """A ready spare: its PID 1 hears "go" (from then on it is this run's, not a spare);
@@ -162,12 +171,13 @@ class Run:
         self.pid1 = spare.pid1.with_stdio(**spare.stdio)
         self.status_fd = spare.status_r
         self._status_buf = spare.status_read
+        self.primed = spare.kind.ready.ipython
         return self
 
     def _send_run(self, spare: Spare, layout: cgroups.Layout) -> None:
         """The run's config and stdio to the waiting PID 1."""
         spec = self.spec
-        cfg = run_config(spec, self.hostname, self.rootless, self.cgroup, layout)
+        cfg = run_config(spec, self.hostname, self.rootless, self.cgroup, layout, self.image)
         ours, theirs = stdio.pipes(spec.script is not None, *self._wants_stdio)
         try:
             self.started = time.monotonic()
@@ -246,11 +256,20 @@ class Run:
 
     # --- end
 
+    def tell_exit(self, code: int) -> None:
+        """The exit status, told by the workload as it leaves (cell/host.py's END): the run
+        is over for the caller; PID 1's report of it, a moment later, is not waited for."""
+        if not self.reported:
+            self.exit_code = 128 - code if code < 0 else code
+            self.reported = self.told = True
+            self.mark("cell's end told")
+
     def wait(self) -> int:
         """The workload's exit status. PID 1 reports it and closes its fds, then exits; the
         rest of its exit (its namespaces torn down, ~1 ms) does not hold the run up. Only a
         PID 1 that could not report is waited for."""
-        self._read_all_status()
+        if not self.told:
+            self._read_all_status()
         if not self.reported:
             self.pid1.wait()
             # PID 1 is gone, and its namespace with it: what it said is all in the pipe now.
@@ -288,6 +307,15 @@ class Run:
             self.pid1 = self.cgroup = None
             self._refill = []
         self.mark("run closed, teardown handed off")
+
+
+def _image_for(spec: Spec):
+    """The image's layers, command and environment, or None for the host's directories
+    (the images package is imported only by runs that name an image)."""
+    if spec.image is None:
+        return None
+    from ..images import runimage
+    return runimage.for_spec(spec)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ stdin: the next cell like it only writes its code there."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import socket
@@ -24,6 +25,8 @@ from . import forkserver, stdio
 from .pid1 import Pid1
 from .runconfig import run_config
 
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
 
 @dataclass(frozen=True)
 class SpareKind:
@@ -39,8 +42,10 @@ class SpareKind:
 def ready_spec(spec: Spec) -> Spec | None:
     """The container part of a Python cell whose container can be made whole before the
     cell is run. Not with --rootfs or -v: their sources may change between cells (a layer
-    rebuilt, a directory recreated), and a container made earlier would show the old ones."""
-    if spec.command or spec.script is None or spec.rootfs or spec.volumes or spec.unconfined:
+    rebuilt, a directory recreated, an image re-tagged), and a container made earlier would
+    show the old ones."""
+    if (spec.command or spec.script is None or spec.rootfs or spec.image or spec.volumes
+            or spec.unconfined):
         return None
     return spec.container_part()
 
@@ -118,6 +123,8 @@ def make_spare(kind: SpareKind, layout: cgroups.Layout) -> Spare:
     try:
         if ready:
             pipes, child_ends = stdio.pipes(True, True, True)
+            if ready.ipython:   # its program, for the interpreter to start on (cell/host.py)
+                _prime(pipes["stdin"])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stdio.hold(ours)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
@@ -146,6 +153,16 @@ def make_spare(kind: SpareKind, layout: cgroups.Layout) -> Spare:
             spare.drop()
             raise
     return spare
+
+
+def _prime(stdin) -> None:
+    """The cell's host program in the stdin pipe before the interpreter starts, so that it
+    imports IPython and gets ready before it blocks reading the cell: the pipe is made
+    large enough to take it all now."""
+    from ..cell.host import program
+    source = program()
+    fcntl.fcntl(stdin.fileno(), F_SETPIPE_SZ, max(len(source), 65536))
+    stdin.write(source)
 
 
 def _make_group(kind: SpareKind, run_id: str, layout: cgroups.Layout):

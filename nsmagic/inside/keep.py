@@ -1,0 +1,197 @@
+"""PID 1's keeper: a container's writable layer copied into the image store when its
+workload exits (a container that stays, a build's RUN). The upper layer lives on the run's
+scratch tmpfs, so the run's storage limit holds while it runs; the copy is what `ps -a`,
+`diff`, `commit` and a build read afterwards.
+
+The keeper is forked by PID 1 after pivot_root and before PID 1 drops its privileges (the
+upper holds root's files and `trusted.` xattrs): it holds only two fds, the upper layer's
+directory and the destination in the store, and waits on a pipe. When the workload has
+exited PID 1 closes the pipe and waits for the copy, then reports the exit. The copy lands
+as upper.part and is renamed to upper when whole. Stdlib only.
+
+The upper is written by the container: it is read by fds, beneath its directory, never
+following a link; the destination is fresh and written O_EXCL | O_NOFOLLOW."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+
+OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
+KEPT_XATTRS = ("security.capability",)
+DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+HIGH_FD = 1000
+
+_keeper: tuple[int, int] | None = None   # (pid, the pipe's write end) while one waits
+
+
+def start(upper_fd: int, dest_fd: int, opaque_out: str) -> None:
+    """Fork the keeper; it waits until finish() and copies the upper into dest/upper."""
+    global _keeper
+    r, w = os.pipe2(os.O_CLOEXEC)
+    # os.fork runs the fork hooks a runner registered (in a CLI's PID 1 they are still
+    # there: it is a clone of the CLI), which point low fds at /dev/null: the keeper's fds
+    # go high, and are checked after the fork.
+    mine = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HIGH_FD) for fd in (r, upper_fd, dest_fd)]
+    for fd in (r, upper_fd, dest_fd):
+        os.close(fd)
+    identity = [_identity(fd) for fd in mine]
+    pid = _fork_quietly()
+    if pid == 0:
+        _keep(mine, identity, w, opaque_out)
+    for fd in mine:
+        os.close(fd)
+    _keeper = (pid, w)
+
+
+def _fork_quietly() -> int:
+    """os.fork with the child's stderr on /dev/null while the fork hooks run (a runner's
+    hook, meaningless here, must not print into the workload's stderr)."""
+    saved = fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
+    null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    pid = -1
+    try:
+        os.dup2(null, 2)
+        pid = os.fork()
+    finally:
+        os.close(null)
+        if pid != 0:
+            os.dup2(saved, 2)
+        os.close(saved)
+    return pid
+
+
+def _keep(fds: list[int], identity: list, w: int, opaque_out: str) -> None:
+    """The keeper's life. Never returns."""
+    code = 1
+    try:
+        r, upper_fd, dest_fd = fds
+        os.close(w)
+        for fd in range(0, 3):
+            os.close(fd)           # the workload's pipes: never held open by the keeper
+        if [_identity(fd) for fd in fds] == identity:
+            os.read(r, 1)          # EOF: PID 1 closed it (the workload exited, or died)
+            copy(upper_fd, dest_fd, opaque_out)
+            code = 0
+    finally:
+        os._exit(code)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def finish() -> None:
+    """In PID 1, once the workload has exited: let the keeper copy, and wait for it."""
+    global _keeper
+    if _keeper is None:
+        return
+    pid, w = _keeper
+    _keeper = None
+    os.close(w)
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def copy(upper_fd: int, dest_fd: int, opaque_out: str) -> None:
+    os.mkdir("upper.part", 0o755, dir_fd=dest_fd)
+    part = os.open("upper.part", DIR, dir_fd=dest_fd)
+    try:
+        _copy_dir(upper_fd, part, opaque_out, {})
+        _attributes(upper_fd, part, None, opaque_out)
+    finally:
+        os.close(part)
+    os.rename("upper.part", "upper", src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
+
+
+def _copy_dir(src: int, dst: int, opaque_out: str, links: dict) -> None:
+    for name in os.listdir(src):
+        st = os.stat(name, dir_fd=src, follow_symlinks=False)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(name, 0o700, dir_fd=dst)
+            s, d = os.open(name, DIR, dir_fd=src), os.open(name, DIR, dir_fd=dst)
+            try:
+                _copy_dir(s, d, opaque_out, links)
+                _attributes(s, d, st, opaque_out)
+            finally:
+                os.close(s)
+                os.close(d)
+            continue
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in links:
+            os.link(links[key][1], name, src_dir_fd=links[key][0], dst_dir_fd=dst,
+                    follow_symlinks=False)
+            continue
+        if not _copy_node(src, dst, name, st):
+            continue
+        if st.st_nlink > 1:
+            links[key] = (os.dup(dst), name)
+
+
+def _copy_node(src: int, dst: int, name: str, st: os.stat_result) -> bool:
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+    elif stat.S_ISCHR(mode) and st.st_rdev == 0:
+        os.mknod(name, stat.S_IFCHR | 0o600, 0, dir_fd=dst)       # a whiteout
+    elif stat.S_ISFIFO(mode):
+        os.mkfifo(name, 0o600, dir_fd=dst)
+    elif stat.S_ISREG(mode):
+        _copy_file(src, dst, name, st)
+        return True
+    else:
+        return False      # a socket, or a device the container could not have made
+    os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+    if not stat.S_ISLNK(mode):
+        os.chmod(name, stat.S_IMODE(mode), dir_fd=dst)
+    os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst, follow_symlinks=False)
+    return True
+
+
+def _copy_file(src: int, dst: int, name: str, st: os.stat_result) -> None:
+    i = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
+    try:
+        o = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600, dir_fd=dst)
+        try:
+            left = st.st_size
+            while left > 0:   # sendfile: tmpfs to the store's disk, within the kernel
+                done = os.sendfile(o, i, None, min(left, 1 << 30))
+                if done == 0:
+                    break
+                left -= done
+            _attributes(i, o, st, None)
+        finally:
+            os.close(o)
+    finally:
+        os.close(i)
+
+
+def _attributes(src: int, dst: int, st: os.stat_result | None, opaque_out: str | None):
+    """Owner, mode (after the owner: chown clears set-id bits), xattrs, times, by fd."""
+    st = st or os.fstat(src)
+    os.fchown(dst, st.st_uid, st.st_gid)
+    os.fchmod(dst, stat.S_IMODE(st.st_mode))
+    try:
+        names = os.listxattr(src)
+    except OSError:
+        names = []
+    for name in names:
+        if name in OPAQUE and opaque_out:
+            if os.getxattr(src, name) == b"y":
+                os.setxattr(dst, opaque_out, b"y")
+        elif name in KEPT_XATTRS or (name.startswith("user.") and ".overlay." not in name):
+            try:
+                os.setxattr(dst, name, os.getxattr(src, name))
+            except OSError:
+                pass
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
