@@ -350,13 +350,16 @@ class Plot:
         self._backgrounds.clear()
 
 
+CROWDED = 2.0   # runnable tasks per CPU (1-minute load average) above which frames thin out
+
+
 def _crowd() -> float:
-    """How many times over the machine's CPUs are wanted (the 1-minute load average per CPU,
-    at least 1): the frame period is stretched by it. Each kernel's plot keeps to its own
-    budget, and a class of 40 kernels on 2 cores would give plots a core of their own; on a
-    crowded machine the cells' work comes first (the final frame is always drawn)."""
+    """How far past CROWDED the machine is (at least 1): the frame period is stretched by
+    it. Each kernel's plot keeps to its own budget, and a class of 40 kernels on 2 cores
+    would give plots a core of their own; on a machine that crowded the cells' work comes
+    first (the final frame is always drawn). A busy but not crowded machine keeps 4 Hz."""
     try:
-        return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+        return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1) / CROWDED)
     except OSError:
         return 1.0
 

@@ -118,9 +118,9 @@ def test_a_crowded_machine_gets_fewer_frames(monkeypatch):
     would otherwise take a core of their own."""
     from nsmagic import display
     cores = os.cpu_count() or 1
-    monkeypatch.setattr(display.os, "getloadavg", lambda: (0.5 * cores, 0, 0))
+    monkeypatch.setattr(display.os, "getloadavg", lambda: (1.5 * cores, 0, 0))
     assert display._crowd() == 1.0
-    monkeypatch.setattr(display.os, "getloadavg", lambda: (20.0 * cores, 0, 0))
+    monkeypatch.setattr(display.os, "getloadavg", lambda: (40.0 * cores, 0, 0))
     assert display._crowd() == 20.0
     view = display.LiveView.__new__(display.LiveView)
     view.__dict__.update(series=None, errors=[], plot=display.Plot.acquire(), period=0.22,
