@@ -202,7 +202,10 @@ def _mode(info: dict) -> tuple[Mode, list[str]]:
     failed = [n for n, e in ns.items() if e is not None]
     limits_ok = all(v == "yes" for k, v in info["cgroup"]["controllers"].items()
                     if k in ("memory", "cpu", "pids"))
-    if info["root"]:
+    if info.get("proc") and not failed:   # namespaces, but no /proc of their own
+        mode = Mode.UNAVAILABLE
+        missing.append(f"a fresh /proc: {info['proc']}.")
+    elif info["root"]:
         mode = Mode.FULL
     elif ns.get("user") is None and not failed:
         mode = Mode.ROOTLESS if limits_ok else Mode.ROOTLESS_NO_LIMITS
@@ -228,6 +231,8 @@ def _cgroup_fix(info: dict) -> str:
     found = info.get("delegation") or {}
     if found.get("outside"):
         return found["outside"].rstrip(".")
+    if found.get("kind") == "container":
+        return found["text"].removeprefix("none: ")
     if not found.get("command"):
         return FIXES["cgroup"]
     fix = f"have root run {found['command']} (it delegates a cgroup to you on any layout)"
@@ -259,6 +264,8 @@ def report(info: dict) -> str:
     lines.append("Namespaces:")
     for name, err in info["namespaces"].items():
         lines.append(f"  {name:<10} {ok(err)}")
+    if "proc" in info:
+        lines.append(f"A fresh /proc:     {ok(info['proc'])}")
     lines.append(f"Overlayfs:         {ok(info.get('overlay'))}")
     lines.append(f"Overlayfs in a user namespace: {ok(info.get('overlay_in_user_ns'))}")
     lines += _seccomp_lines(info["seccomp"])

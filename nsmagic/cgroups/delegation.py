@@ -355,9 +355,26 @@ def describe(layout: Layout) -> dict:
     if own and os.access(os.path.join(own, "cgroup.subtree_control"), os.W_OK):
         return {"kind": "scope", "where": own,
                 "text": f"a delegated cgroup v2 group (systemd's Delegate=yes): {own}"}
+    if _read_only(layout):
+        return {"kind": "container", "text": CONTAINER_TEXT}
     return {"kind": "none", "command": setup_command(uid),
             "text": f"none; to get one, have root run {setup_command(uid)} (with ceilings "
                     "on all your containers together: --mem 2G --cpus 1 --pids 512)"}
+
+
+CONTAINER_TEXT = ("none: the cgroup file system is mounted read-only here, as a container's "
+                  "is by default; limits need the runtime to give this container a writable, "
+                  "delegated cgroup (docs/kubernetes.md)")
+
+
+def _read_only(layout: Layout) -> bool:
+    """The cgroup file systems are mounted read-only: inside a container, where no root of
+    this machine's can run setup-user."""
+    mounts = {layout.v2_mount} if layout.kind == "v2" else set(layout.v1_mounts.values())
+    try:
+        return bool(mounts) and all(os.statvfs(m).f_flag & os.ST_RDONLY for m in mounts if m)
+    except OSError:
+        return False
 
 
 def _describe_nsmagic(layout: Layout, uid: int) -> dict:
