@@ -258,6 +258,27 @@ except OSError as err:
     assert done.stdout.split("\n")[:2] == ["list refused 13", "signal refused 1"], done
 
 
+def test_a_kept_container_is_its_owners_alone(students, student, nobody_checkout):
+    """Containers that stay (--keep) live in their owner's store (mode 0700): another student
+    neither lists, reads the logs of, inspects nor removes them; the owner does."""
+    other = students[1]
+    done = as_student(student, nobody_checkout, "run", "--keep", "--name", "alpha-box", "--",
+                      "sh", "-c", "echo secret-output")
+    assert done.returncode == 0 and "secret-output" in done.stdout, done
+    try:
+        assert "alpha-box" in as_student(student, nobody_checkout, "ps", "-a").stdout
+        assert "alpha-box" not in as_student(other, nobody_checkout, "ps", "-a",
+                                             join=False).stdout
+        for command in (["logs"], ["container", "inspect"], ["rm"]):
+            tried = as_student(other, nobody_checkout, *command, "alpha-box", join=False)
+            assert tried.returncode != 0 and "secret-output" not in tried.stdout, tried
+            assert "no container alpha-box" in tried.stderr and "Traceback" not in tried.stderr
+        assert "secret-output" in as_student(student, nobody_checkout, "logs",
+                                             "alpha-box").stdout
+    finally:
+        as_student(student, nobody_checkout, "rm", "-f", "alpha-box")
+
+
 # --- remove
 
 def test_remove_refuses_while_processes_run_unless_kill(students, nobody_checkout):
@@ -295,3 +316,21 @@ def _layout_as(entry):
     layout = detect()
     _find_delegation(layout, entry.pw_uid)
     return layout
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("layout, said", [
+    ("none", "no cgroup file system is mounted here"),
+    ("freezer-only", "have none of the memory, cpu and pids controllers"),
+    ("no-pids", "--pids needs the pids controller"),
+])
+def test_a_layout_without_what_setup_needs_is_one_sentence(layout, said):
+    """Checked before anything is made (the layout as detect() would give it)."""
+    from nsmagic.cgroups import Layout, Limits
+    from nsmagic.errors import CgroupError
+    mounts = {"none": {}, "freezer-only": {"freezer": "/x/freezer"},
+              "no-pids": {"memory": "/x/memory", "cpu": "/x/cpu"}}[layout]
+    fake = Layout("none" if layout == "none" else "v1", mounts)
+    with pytest.raises(CgroupError) as err:
+        delegation._check_layout(fake, Limits(memory=64 << 20, pids=32))
+    assert said in str(err.value) and str(err.value).endswith(".")
