@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernels", type=int, default=8)
     ap.add_argument("--cells", type=int, default=20)
-    ap.add_argument("--sleep", type=float, default=0.5, help="seconds each cell sleeps")
+    ap.add_argument("--sleep", type=float, default=1.5,
+                    help="seconds each cell sleeps (the live view draws a run from 1 s on)")
     ap.add_argument("--users", choices=("auto", "yes", "no"), default="auto",
                     help="a user per kernel (root only; auto: when root)")
     ap.add_argument("--compare-plot", action="store_true",
