@@ -76,13 +76,16 @@ class Student:
         self.client.start_channels()
         self.client.wait_for_ready(timeout=120)
         self.latencies: list[float] = []
+        self.container_cpu: list[float] = []
         self.failures: list[str] = []
         self.run("%load_ext nsmagic")
 
     def run(self, code: str, timeout: float = 300) -> tuple[float, str | None]:
-        """Execute code; (seconds to the reply, the error or None)."""
+        """Execute code; (seconds to the reply, the error or None). The container's own CPU
+        time comes back in the same reply (a user expression on `_container`)."""
         t0 = time.monotonic()
-        msg_id = self.client.execute(code)
+        msg_id = self.client.execute(code, user_expressions={
+            "cpu": "_container.cpu_s if '_container' in dir() and _container else 0"})
         while True:
             reply = self.client.get_shell_msg(timeout=timeout)
             if reply["parent_header"].get("msg_id") == msg_id:
@@ -91,6 +94,8 @@ class Student:
         content = reply["content"]
         error = None if content["status"] == "ok" else f"{content.get('ename')}: " \
                                                        f"{content.get('evalue')}"
+        cpu = content.get("user_expressions", {}).get("cpu", {}).get("data", {})
+        self.container_cpu.append(float(cpu.get("text/plain", "0") or 0))
         self._drain()
         return took, error
 
@@ -296,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         report.live = class_run(room.students, cell, args.cells)
         report.students = room.students
         report.live_latencies = [t for s in room.students for t in s.latencies]
+        report.container_cpu = [c for s in room.students for c in s.container_cpu[-args.cells:]]
         if args.compare_plot:
             for s in room.students:
                 s.latencies.clear()
@@ -375,6 +381,7 @@ class Report:
         self.no_plot: dict | None = None
         self.no_plot_latencies: list[float] = []
         self.live_latencies: list[float] = []
+        self.container_cpu: list[float] = []
         self.students: list[Student] = []
         self.idle_pss: list[int] = []
         self.left: list[str] = []
@@ -399,6 +406,8 @@ class Report:
             "runner_cpu_s": self.live.get("runner_cpu_s"),
             "runner_cpu_ms_per_cell": (1e3 * self.live["runner_cpu_s"] / cells
                                        if cells else None),
+            "container_cpu_ms_per_cell": (1e3 * statistics.mean(self.container_cpu)
+                                          if self.container_cpu else None),
             "left_after_shutdown": self.left,
         }
         if self.no_plot:
@@ -436,6 +445,9 @@ class Report:
             f"{n['runner_cpu_s']:.1f} core-s over {n['class_wall_s']:.1f} s wall, "
             f"{n['runner_cpu_ms_per_cell']:.0f} ms per cell",
         ]
+        if n["container_cpu_ms_per_cell"] is not None:
+            lines.append(f"CPU inside the containers (the cell's interpreter and its work): "
+                         f"{n['container_cpu_ms_per_cell']:.0f} ms per cell")
         if "no_plot" in n:
             lines.append(f"  with --no-plot: {n['no_plot']['runner_cpu_s']:.1f} core-s, "
                          f"{n['no_plot']['runner_cpu_ms_per_cell']:.0f} ms per cell "
