@@ -143,6 +143,34 @@ def ps(argv: list[str]) -> int:
     return 0
 
 
+def setup_user(argv: list[str]) -> int:
+    parser = _parser("nsmagic setup-user", "root: delegate a cgroup subtree to USER, under "
+                     "ceilings USER cannot lift")
+    parser.add_argument("user", metavar="USER", help="a user name or uid")
+    parser.add_argument("-m", "--mem", "--memory", dest="mem", metavar="SIZE",
+                        help="ceiling on all of USER's containers together (64M, 2G)")
+    parser.add_argument("--cpus", metavar="N", help="ceiling in cores (0.5, 2)")
+    parser.add_argument("--pids", "--pids-limit", dest="pids", metavar="N",
+                        help="ceiling on processes")
+    parser.add_argument("--remove", action="store_true", help="remove USER's subtree")
+    parser.add_argument("--kill", action="store_true",
+                        help="with --remove: kill what still runs in it")
+    args = parser.parse_args(argv)
+    from .cgroups import delegation
+    if args.remove:
+        gone = delegation.remove(args.user, kill=args.kill)
+        print(f"removed {len(gone)} groups of {args.user}" + "".join(f"\n  {g}" for g in gone)
+              if gone else f"{args.user} had no delegated cgroup here; nothing to remove.")
+        return 0
+    from .cgroups import Limits
+    from .spec import _parse_cpus, _parse_pids, parse_size
+    ceiling = Limits(memory=parse_size(args.mem) if args.mem else None,
+                     cpus=_parse_cpus(args.cpus), pids=_parse_pids(args.pids))
+    made = delegation.setup(args.user, ceiling)
+    print(delegation.setup_report(args.user, made, ceiling))
+    return 0
+
+
 def _parser(prog: str, description: str):
     from .spec import OptionParser
     return OptionParser(prog=prog, description=description)
@@ -165,6 +193,11 @@ def _containers() -> dict:
                                              "restart", "rm", "inspect", "wait", "stats")}
 
 
+def kernel(argv: list[str]) -> int:
+    from . import kernel as kernels
+    return kernels.main(argv)
+
+
 def _image_command(name: str):
     """An image command (images, rmi, tag, history, image, load, save...), imported only
     when asked for."""
@@ -182,7 +215,8 @@ def build(argv: list[str]) -> int:
     return build_image(argv, out=sys.stdout.buffer, err=sys.stderr.buffer)
 
 
-COMMANDS = {"run": run, "info": info, "ps": ps, "build": build, "network": network,
+COMMANDS = {"run": run, "info": info, "ps": ps, "build": build, "setup-user": setup_user,
+            "kernel": kernel, "network": network,
             **{name: _image_command(name) for name in (
                 "images", "image", "rmi", "tag", "history", "load", "save", "container",
                 "diff", "commit", "pull", "push", "login", "logout")},
@@ -195,6 +229,8 @@ USAGE = """usage: nsmagic run [options] [--json] [-d [--rm] [--rm-on-exit]] -- C
        nsmagic top NAME | inspect NAME|IMAGE... | stats [--no-stream] [NAME...]
        nsmagic network create [--subnet CIDR] NAME | ls | rm NAME | inspect NAME | prune
        nsmagic info [--json]
+       nsmagic setup-user USER [--mem SIZE --cpus N --pids N] [--remove [--kill]]
+       nsmagic kernel install --name NAME [--user | --prefix DIR] [run options]
        nsmagic images | rmi IMAGE... | tag SOURCE TARGET | history IMAGE
        nsmagic image ls|rm|tag|inspect|history|prune|load|save
        nsmagic load [-i FILE] | save [-o FILE] IMAGE...
@@ -216,6 +252,12 @@ exec    a command in a running container: every namespace, its cgroup, its root,
 network user-defined bridge networks, whose containers find each other by name.
 info    what this machine can do: kernel, cgroup layout, namespaces, overlayfs,
         the seccomp filter, networking.
+setup-user  (root) give USER a cgroup subtree of their own, on any layout (v2, v1,
+        hybrid), under ceilings USER cannot lift (all their containers together);
+        USER's nsmagic finds it by itself. --remove takes it away.
+kernel install  a kernelspec whose whole kernel runs in a container with these run
+        options (--mem, --cpus, --pids, --rootfs, -v ...); interrupt, restart and
+        shutdown work; `nsmagic ps` shows it.
 images  the images in the store (hello-world and busybox are made on first use, with no
         network; host, the default, is the host's own /usr, /etc and /opt).
 load    images from a docker save or OCI archive; save writes one that docker load and

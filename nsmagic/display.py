@@ -120,6 +120,7 @@ class Plot:
         self.io_limits = io_limits
         self.limits = {"io": io_limits or (), "net": (net_limit, net_limit)}
         self.panels: dict[str, tuple] = {}    # kind -> (axes, its two lines)
+        self._size = (width, height)
         self.cores = os.cpu_count() or 1
         self.fig = fig = Figure(figsize=(width, height), dpi=dpi, facecolor="white")
         self.canvas = FigureCanvasAgg(fig)
@@ -132,14 +133,19 @@ class Plot:
         self.header_px = int(0.09 * height * dpi)
         self._fonts = _fonts(round(8.5 * dpi / 72))
         self._limits_and_legends()
-        self._background = None
+        # Backgrounds (the figure without its moving artists) by the axes' limits: a frame
+        # whose limits were drawn before, in this run or an earlier one, restores one.
+        # Python dicts keep insertion order: the oldest goes first when six are kept.
+        self._backgrounds: dict[tuple, object] = {}
         self.full_draws = 0
         self.frames = 0
-        self._size = (width, height)
         if io_limits:
             self._add_panel("io")
         if net_limit:
             self._add_panel("net")
+        self._from_start = len(self.panels)
+        self._initial = self._limits()
+        self._key = (memory_limit, cpus, io_limits, net_limit)
 
     @property
     def ax_io(self):
@@ -215,8 +221,9 @@ class Plot:
         width, height = self._size
         grow = 1 + 0.42 * len(kinds)
         self.fig.set_size_inches(width * grow, height)
-        grid = self.fig.add_gridspec(1, 2 + len(kinds), width_ratios=(1, 1, *[0.8] * len(kinds)),
-                                     wspace=0.3, left=0.075 / grow, right=1 - 0.015 / grow)
+        grid = self.fig.add_gridspec(1, 2 + len(kinds),
+                                     width_ratios=(1, 1, *[0.8] * len(kinds)), wspace=0.3,
+                                     left=0.075 / grow, right=1 - 0.015 / grow)
         self.ax_cpu.set_subplotspec(grid[0])
         self.ax_mem.set_subplotspec(grid[1])
         for column, (ax, _) in enumerate(self.panels.values(), 2):
@@ -233,8 +240,7 @@ class Plot:
         for artist in lines:
             ax.add_line(artist)
         handles, top = list(lines), 1.0
-        limits = self.limits[kind]
-        for rate, key in zip(limits, names):
+        for rate, key in zip(self.limits[kind], names):
             if rate and not (kind == "net" and key == "sent"):   # one line for both ways
                 handles.append(ax.axhline(rate / MiB, color=_COLORS[key], linestyle=":",
                                           linewidth=1.2, label="limit"))
@@ -242,7 +248,8 @@ class Plot:
         ax.set_ylim(0, top)
         _legend(ax, handles[:3])
         self.panels[kind] = (ax, lines)
-        self._background = None
+        self._backgrounds.clear()    # the figure itself changed
+        self.grew = True
 
     # -- axes grow by doubling, so the background is redrawn log2(n) times per run
 
@@ -250,7 +257,8 @@ class Plot:
         changed = False
         x_top = self.ax_cpu.get_xlim()[1]
         if final:
-            want = max(1.0, series.duration * 1.03)
+            # a "nice" length, so that runs of about the same length share a background
+            want = _nice(max(1.0, series.duration * 1.03))
             if abs(want - x_top) > 1e-9:
                 x_top, changed = want, True
         else:
@@ -277,11 +285,57 @@ class Plot:
             while most > top * 0.95:
                 top, changed = top * 2, True
                 ax.set_ylim(0, top)
-        if changed:
-            self._background = None
 
     def _axes(self) -> list:
         return [self.ax_cpu, self.ax_mem, *(ax for ax, _ in self.panels.values())]
+
+    def _limits(self) -> tuple:
+        return tuple((*ax.get_xlim(), *ax.get_ylim()) for ax in self._axes())
+
+    def _background(self):
+        """The background for the axes as they are now: drawn once per set of limits."""
+        key = self._limits()
+        background = self._backgrounds.get(key)
+        if background is None:
+            self.canvas.draw()               # skips the animated artists
+            background = self.canvas.copy_from_bbox(self.fig.bbox)
+            if len(self._backgrounds) >= 6:  # ~0.8 MB each: keep the newest
+                self._backgrounds.pop(next(iter(self._backgrounds)))
+            self._backgrounds[key] = background
+            self.full_draws += 1
+        else:
+            self.canvas.restore_region(background)
+
+    # -- one Plot per kind of run is kept between a kernel's cells: making the figure and
+    # drawing its first background cost ~120 ms here, more than the frames of a short cell
+
+    _idle: dict[tuple, Plot] = {}
+
+    @classmethod
+    def acquire(cls, memory_limit=None, cpus=None, io_limits=None, net_limit=None) -> Plot:
+        """A Plot for a new run: an idle one kept from an earlier run with the same limits
+        (axes back where they start), else a new one."""
+        plot = cls._idle.pop((memory_limit, cpus, io_limits, net_limit), None)
+        if plot is None:
+            return cls(memory_limit, cpus, io_limits=io_limits, net_limit=net_limit)
+        for ax, (x0, x1, y0, y1) in zip(plot._axes(), plot._initial):
+            ax.set_xlim(x0, x1)
+            ax.set_ylim(y0, y1)
+        return plot
+
+    def release(self) -> None:
+        """The run is over: keep this Plot for the next run like it (at most 2 kinds kept);
+        one that grew a panel on the way (disk I/O, network) is not like any new run:
+        closed."""
+        if len(self.panels) > self._from_start:
+            self.close()
+            return
+        old = Plot._idle.pop(self._key, None)
+        if old is not None and old is not self:
+            old.close()
+        Plot._idle[self._key] = self
+        while len(Plot._idle) > 2:
+            Plot._idle.pop(next(iter(Plot._idle))).close()
 
     def render(self, series: Series, final: bool = False, header: str | None = None) -> bytes:
         """One frame as PNG bytes: one (partial) draw, one encode. `final` fits the time
@@ -291,12 +345,7 @@ class Plot:
         if "net" not in self.panels and series.net_seen:
             self._add_panel("net")
         self._fit(series, final)
-        if self._background is None:
-            self.canvas.draw()               # skips the animated artists
-            self._background = self.canvas.copy_from_bbox(self.fig.bbox)
-            self.full_draws += 1
-        else:
-            self.canvas.restore_region(self._background)
+        self._background()
         t = series.t
         self.cpu_line.set_data(t, series.cpu)
         self.mem_line.set_data(t, series.memory)
@@ -329,7 +378,32 @@ class Plot:
 
     def close(self) -> None:
         self.fig.clear()
-        self._background = None
+        self._backgrounds.clear()
+
+
+CROWDED = 2.0   # runnable tasks per CPU (1-minute load average) above which frames thin out
+
+
+def _crowd() -> float:
+    """How far past CROWDED the machine is (at least 1): the frame period is stretched by
+    it. Each kernel's plot keeps to its own budget, and a class of 40 kernels on 2 cores
+    would give plots a core of their own; on a machine that crowded the cells' work comes
+    first (the final frame is always drawn). A busy but not crowded machine keeps 4 Hz."""
+    try:
+        return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1) / CROWDED)
+    except OSError:
+        return 1.0
+
+
+def _nice(seconds: float) -> float:
+    """The least of 1, 2, 3, 5 times a power of ten that holds it: coarse on purpose, so
+    that a kernel's cells of 1 to 30 s share six backgrounds (a class of 40 kernels on 2
+    cores spent ~100 ms of CPU a cell redrawing a final frame's axes at finer steps)."""
+    power = 10.0 ** math.floor(math.log10(seconds))
+    for step in (1, 2, 3, 5, 10):
+        if step * power >= seconds - 1e-9:
+            return step * power
+    return 10 * power
 
 
 def _legend(ax, handles) -> None:
@@ -509,15 +583,17 @@ class LiveView:
         # that redrew the axes (the first, a doubling) are rare and left out of the average.
         if self.plot.full_draws == full_draws:
             self._cost = cost if self._cost is None else 0.7 * self._cost + 0.3 * cost
-        self._next_frame = now + max(self.period, (self._cost or 0.0) / FRAME_BUDGET)
+        self._next_frame = now + max(self.period, (self._cost or 0.0) / FRAME_BUDGET) * _crowd()
 
     def _start(self) -> bool:
         """The run has lasted long enough to be plotted: matplotlib (and widgets) now."""
         try:
             want = self.want_widgets
             self.widgets = _widgets_work() if want is None else bool(want and _widgets_work())
-            self.plot = Plot(self.spec.memory, self.spec.cpus, io_limits=io_limits(self.spec),
-                             net_limit=getattr(self.spec, "network_rate", None))
+            with _RENDER:   # the pool is shared with the last-frame threads
+                self.plot = Plot.acquire(self.spec.memory, self.spec.cpus,
+                                         io_limits=io_limits(self.spec),
+                                         net_limit=getattr(self.spec, "network_rate", None))
         except ImportError as err:     # no matplotlib: the summary line still comes
             self.errors.append(f"{type(err).__name__}: {err}")
             return False
@@ -611,7 +687,8 @@ class LiveView:
             else:
                 self._last_frame(result)
         elif self.plot is not None:
-            self.plot.close()
+            with _RENDER:
+                self.plot.release()
         print(result.summary(), file=sys.stderr if result.error else sys.stdout)
 
     def _last_frame(self, result) -> None:
@@ -629,4 +706,4 @@ class LiveView:
             print(f"nsmagic: final plot failed: {self.errors[-1]}", file=sys.stderr)
         finally:
             with _RENDER:
-                self.plot.close()
+                self.plot.release()

@@ -10,7 +10,7 @@ import platform
 import subprocess
 import sys
 
-from .cgroups import detect
+from .cgroups import delegation, detect
 from .cgroups.base import PREFIX
 from .errors import NsmagicError
 from .rootfs import secrets
@@ -48,6 +48,7 @@ def gather() -> dict:
     layout = detect()
     info = {"kernel": platform.release(), "python": sys.executable, **probed,
             "cgroup_layout": layout.kind, "cgroup": _cgroup_report(layout),
+            "delegation": delegation.describe(layout),
             "devices": _devices_report(layout), "io_weight": _io_weight_report(layout),
             "seccomp": seccomp, "network": _network_report()}
     info["mode"], info["missing"] = _mode(info)
@@ -241,7 +242,10 @@ def _mode(info: dict) -> tuple[Mode, list[str]]:
     failed = [n for n, e in ns.items() if e is not None]
     limits_ok = all(v == "yes" for k, v in info["cgroup"]["controllers"].items()
                     if k in ("memory", "cpu", "pids"))
-    if info["root"]:
+    if info.get("proc") and not failed:   # namespaces, but no /proc of their own
+        mode = Mode.UNAVAILABLE
+        missing.append(f"a fresh /proc: {info['proc']}.")
+    elif info["root"]:
         mode = Mode.FULL
     elif ns.get("user") is None and not failed:
         mode = Mode.ROOTLESS if limits_ok else Mode.ROOTLESS_NO_LIMITS
@@ -250,7 +254,7 @@ def _mode(info: dict) -> tuple[Mode, list[str]]:
         missing.append(f"namespaces ({', '.join(failed)}): {FIXES['blocked']}; "
                        f"or {FIXES['user']}.")
     if mode is Mode.ROOTLESS_NO_LIMITS:
-        missing.append(f"cgroup limits: {FIXES['cgroup']}.")
+        missing.append(f"cgroup limits: {_cgroup_fix(info)}.")
     if info.get("overlay") and mode is not Mode.UNAVAILABLE:  # else it failed on unshare
         missing.append(f"overlayfs ({info['overlay']}): {FIXES['overlay']}.")
     if info["seccomp"]["filter"] != "on" and mode is not Mode.UNAVAILABLE:
@@ -259,6 +263,23 @@ def _mode(info: dict) -> tuple[Mode, list[str]]:
         missing.append("cgroup controllers memory, cpu and pids: mount them (cgroup v2 at "
                        "/sys/fs/cgroup, or v1 hierarchies).")
     return mode, missing
+
+
+def _cgroup_fix(info: dict) -> str:
+    """The exact way to limits for this user on this host: the subtree they have but cannot
+    use from here (v2), or the setup-user command root runs for them."""
+    found = info.get("delegation") or {}
+    if found.get("outside"):
+        return found["outside"].rstrip(".")
+    if found.get("kind") == "container":
+        return found["text"].removeprefix("none: ")
+    if not found.get("command"):
+        return FIXES["cgroup"]
+    fix = f"have root run {found['command']} (it delegates a cgroup to you on any layout)"
+    if os.path.isdir("/run/systemd/system") and info["cgroup_layout"] == "v2":
+        fix += (", or start the kernel in a delegated systemd scope (systemd-run --user "
+                "--scope -p Delegate=yes jupyter lab)")
+    return fix
 
 
 def report(info: dict) -> str:
@@ -271,6 +292,7 @@ def report(info: dict) -> str:
         f"Cgroup layout:     {info['cgroup_layout']}"
         + (f" (cgroup2 at {cg['v2_mount']} with: {' '.join(cg['v2_controllers']) or 'none'})"
            if cg["v2_mount"] else ""),
+        f"Cgroup delegation: {info['delegation']['text']}",
         "Cgroup controllers:",
     ]
     for c, state in cg["controllers"].items():
@@ -282,6 +304,8 @@ def report(info: dict) -> str:
     lines.append("Namespaces:")
     for name, err in info["namespaces"].items():
         lines.append(f"  {name:<10} {ok(err)}")
+    if "proc" in info:
+        lines.append(f"A fresh /proc:     {ok(info['proc'])}")
     lines.append(f"Overlayfs:         {ok(info.get('overlay'))}")
     lines.append(f"Overlayfs in a user namespace: {ok(info.get('overlay_in_user_ns'))}")
     lines += _seccomp_lines(info["seccomp"])
@@ -311,5 +335,5 @@ def unavailable_reason(info: dict, spec) -> str | None:
     wants_limits = any(v is not None for v in (spec.memory, spec.cpus, spec.pids))
     if spec.strict and wants_limits and mode is Mode.ROOTLESS_NO_LIMITS:
         return ("%%container cannot enforce --mem, --cpus or --pids on this host: cgroup "
-                f"limits: {FIXES['cgroup']}.")
+                f"limits: {_cgroup_fix(info)}.")
     return None

@@ -367,7 +367,8 @@ class ContainerMagics(Magics):
         except KeyboardInterrupt:
             pass
         if not views:
-            print("no nsmagic container is running on this machine.")
+            from .ps import none_running
+            print(none_running())
 
 
 # Docker's container and network commands (containers/commands.py, net/commands.py, ps.py);
@@ -454,8 +455,9 @@ def _image_command(line: str) -> None:
 HELP = build_parser(_MagicParser).format_help() + """
 Line magic:
   %container info     what this machine can do (kernel, cgroups, namespaces, overlayfs)
-  %container ps       every running nsmagic container on this machine, like `docker ps`;
-                      -a also the ones that exited and stay (cells with --name or --keep)
+  %container ps       every running nsmagic container on this machine, like `docker ps`
+                      (a user's own; root sees every user's); -a also the ones that exited
+                      and stay (cells with --name or --keep)
   %container stats    a live plot for each of them until interrupted (--seconds N to stop)
   %container run [options] IMAGE [COMMAND...]   an image's own command, as `docker run`
   %container images   the images in the store (also rmi, tag, inspect, history, load, save,

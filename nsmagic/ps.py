@@ -1,6 +1,7 @@
 """`docker ps` and `docker stats` for nsmagic: every run's cgroup on this machine (any
 runner's: this kernel, another notebook, a shell), found by its `nsmagic-` name, with what
-the container store (detached containers) and the network leases (names, ports) add."""
+the container store (detached containers) and the network leases (names, ports) add. Root
+sees every user's, with its owner; a user sees their own only."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def running() -> list[Cgroup]:
     processes died with it, and the next start sweeps the group. Spares are not listed."""
     alive = []
     for cg in _all_groups():
-        if _is_spare(cg):
+        if not mine(cg) or _is_spare(cg):
             cg.close()
             continue
         pid = owner(cg)
@@ -45,6 +46,33 @@ def running() -> list[Cgroup]:
         except PermissionError:
             alive.append(cg)
     return alive
+
+
+def owner_uid(cg: Cgroup) -> int | None:
+    """Who made the group (the kernel makes a user's mkdir theirs): the run's user."""
+    try:
+        return os.stat(cg.directories()[0]).st_uid
+    except (OSError, IndexError):
+        return None
+
+
+def mine(cg: Cgroup) -> bool:
+    """Root sees every run; a user, only runs they made (another user's are none of theirs
+    to list, whatever the file system lets them read)."""
+    return os.geteuid() == 0 or owner_uid(cg) == os.getuid()
+
+
+def user_name(uid: int | None) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name if uid is not None else "?"
+    except KeyError:
+        return str(uid)
+
+
+def none_running() -> str:
+    return ("no nsmagic container is running on this machine." if os.geteuid() == 0 else
+            "no nsmagic container of yours is running on this machine.")
 
 
 def owner(cg: Cgroup) -> int | None:
@@ -75,7 +103,7 @@ def table(groups: list[Cgroup] | None = None, all_containers: bool = False) -> s
     if all_containers:
         rows += [_record_row(r) for r in kept.values() if records.status(r) != "running"]
     if len(rows) == 1:
-        return "no nsmagic container is running on this machine."
+        return none_running()
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
                      for row in rows)
@@ -107,7 +135,7 @@ def _group_row(cg: Cgroup) -> tuple[str, ...]:
     ports = ", ".join(str(Port(*p)) for p in (lease or {}).get("ports", ()))
     up = _ago(age(cg), False)
     return (run_id, "host", _command(_workload_argv(cg)), _ago(age(cg)),
-            f"Up {up} (runner {owner(cg) or '?'})", ports,
+            f"Up {up} (runner {owner(cg) or '?'}, {user_name(owner_uid(cg))[:10]})", ports,
             (lease or {}).get("name") or f"nsmagic-{run_id}")
 
 
@@ -162,7 +190,7 @@ def stats_table(names: list[str] | None = None, pause: float = 0.5) -> str:
     first = {cg.name: cg.usage() for cg in groups}
     time.sleep(pause)
     rows = [("CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "NET I/O", "PIDS",
-             "RUNNER")]
+             "USER", "RUNNER")]
     for cg in groups:
         u, run_id = cg.usage(), cg.name.split("-")[-1]
         name = (_lease_of(run_id) or {}).get("name") or _record_name(cg) or f"nsmagic-{run_id}"
@@ -175,7 +203,8 @@ def stats_table(names: list[str] | None = None, pause: float = 0.5) -> str:
         rx, tx = _net_bytes(run_id)
         rows.append((run_id, name, f"{cpu:.2f}%", memory,
                      f"{format_size(rx)} / {format_size(tx)}" if rx is not None else "-",
-                     str(u.pids_current), str(owner(cg) or "?")))
+                     str(u.pids_current), user_name(owner_uid(cg))[:10],
+                     str(owner(cg) or "?")))
         cg.close()
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()

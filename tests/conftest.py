@@ -139,20 +139,22 @@ def nobody_python() -> str:
 
 
 @pytest.fixture(scope="session")
-def nobody_checkout(tmp_path_factory) -> str:
+def nobody_checkout() -> str:
     """A copy of this checkout's package, tests and pyproject.toml that any user can read
-    (the checkout may sit under root's home): PYTHONPATH or cwd for what runs as nobody."""
-    where = tmp_path_factory.mktemp("checkout")
+    (the checkout may sit under root's home): PYTHONPATH or cwd for what runs as nobody.
+    In a directory of its own under /tmp, not pytest's /tmp/pytest-of-root: another pytest
+    session of root's (a second checkout's) makes that 0700 again, or removes old runs' dirs,
+    and a user's PYTHONPATH into it then silently finds nothing."""
+    import tempfile
+    from pathlib import Path
+    where = Path(tempfile.mkdtemp(prefix="nsmagic-checkout-"))
     skip = shutil.ignore_patterns("__pycache__", "output")
     shutil.copytree(os.path.join(REPO, "nsmagic"), where / "nsmagic", ignore=skip)
     shutil.copytree(os.path.join(REPO, "tests"), where / "tests", ignore=skip)
     shutil.copy(os.path.join(REPO, "pyproject.toml"), where / "pyproject.toml")
-    for d in [where, *where.parents]:
-        if str(d) in ("/", "/tmp"):
-            break
-        os.chmod(d, 0o755)
     subprocess.run(["chmod", "-R", "a+rX", str(where)], check=True)
-    return str(where)
+    yield str(where)
+    shutil.rmtree(where, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):

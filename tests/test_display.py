@@ -85,6 +85,52 @@ def test_a_frame_is_cheap_and_draws_the_axes_rarely():
         f.write(plot.render(s, final=True))
 
 
+@pytest.mark.core
+def test_the_next_cells_plot_is_kept_and_draws_nothing_twice():
+    """A kernel's next cell with the same limits gets the last cell's figure back, with its
+    axes where a new one starts them, and draws no background it drew before: its frames
+    are pixel for pixel a new figure's."""
+    from nsmagic.display import Plot
+
+    def frames(plot):
+        s = Series(start=0.0)
+        pngs = []
+        for i in range(1, 4):
+            s.add(_usage(i * 0.25, cpu_s=i * 0.1, mem_mib=8 * i))
+            pngs.append(plot.render(s))
+        pngs.append(plot.render(s, final=True, header="exit 0"))
+        return pngs
+
+    first = Plot.acquire(96 * MiB, 0.5)
+    expected = frames(first)
+    draws = first.full_draws
+    first.release()
+    again = Plot.acquire(96 * MiB, 0.5)
+    assert again is first
+    assert frames(again) == expected and again.full_draws == draws
+    again.release()
+    assert Plot.acquire(48 * MiB, None) is not first   # other limits: a figure of its own
+
+
+@pytest.mark.core
+def test_a_crowded_machine_gets_fewer_frames(monkeypatch):
+    """The frame period is stretched by the load per CPU: 40 kernels' plots on 2 cores
+    would otherwise take a core of their own."""
+    from nsmagic import display
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(display.os, "getloadavg", lambda: (1.5 * cores, 0, 0))
+    assert display._crowd() == 1.0
+    monkeypatch.setattr(display.os, "getloadavg", lambda: (40.0 * cores, 0, 0))
+    assert display._crowd() == 20.0
+    view = display.LiveView.__new__(display.LiveView)
+    view.__dict__.update(series=None, errors=[], plot=display.Plot.acquire(), period=0.22,
+                         _next_frame=0.0, _cost=None, frame_times=[], widgets=False,
+                         handle=None, _box=None, name="")
+    view._show = lambda png: None
+    view.update(_usage(time.monotonic()))
+    assert view._next_frame - time.monotonic() > 0.22 * 19
+
+
 # --- through a real kernel, as Jupyter runs it
 
 

@@ -177,6 +177,19 @@ def test_cgroups_cpu_quota_pids_limit_and_the_files(executed):
 
 
 @pytest.mark.kernel
+def test_cgroups_a_delegated_student_is_held_to_the_ceiling(executed):
+    """The section run by root plays root and a throw-away student account: setup-user,
+    the student's --mem 200M run OOM-killed at the 64 MiB ceiling, the ceiling refused to
+    the student, everything removed."""
+    nb = executed("02-cgroups.ipynb")
+    said = text_of(cell_containing(nb, 'STUDENT = "nsmagic-student"'))
+    assert "have root delegate a cgroup to you" in said, said
+    assert "nsmagic setup-user, for uid" in said and "memory 64.0 MiB" in said
+    assert "--mem 200M run: exit 137, OOM killed: True, peak 6" in said, said
+    assert "Permission denied" in said and "removed" in said
+
+
+@pytest.mark.kernel
 def test_union_filesystems_whiteout_host_unchanged_second_run_clean(executed):
     nb = executed("03-union-filesystems.ipynb")
     assert "unchanged on the host: True" in text_of(cell(nb, "after = "))

@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from conftest import REPO, needs_root
@@ -341,11 +342,11 @@ def test_missing_libseccomp_says_what_to_install():
 def _probe_in_a_container(probe_path: str, face: str, tmp_path, request) -> dict[str, str]:
     """The static probe, run by nsmagic (as root or as `nobody`, through the API or the CLI)
     from a read-only volume: its answer per call."""
-    where = tmp_path / "probe"
-    where.mkdir()
-    shutil.copy(probe_path, where / "seccomp_probe")
-    for d in (tmp_path, where):
-        os.chmod(d, 0o755)
+    # not under pytest's tmp_path: /tmp/pytest-of-root is root's alone, and nobody reads this
+    where = tempfile.mkdtemp(prefix="nsmagic-probe-vol-", dir="/var/tmp")
+    request.addfinalizer(lambda: shutil.rmtree(where, ignore_errors=True))
+    shutil.copy(probe_path, os.path.join(where, "seccomp_probe"))
+    os.chmod(where, 0o755)
     args = ["-v", f"{where}:/probe:ro", "--", "/probe/seccomp_probe"]
     if face == "api":
         from conftest import run_spec

@@ -79,6 +79,13 @@ def test_info_as_a_user_says_what_is_missing_and_leaves_no_probe_behind(package)
     assert set(glob.glob("/tmp/nsmagic-probe-*")) == before   # overlay's work/work is 000
 
 
+def test_host_network_as_a_user_gets_a_read_only_sys(package):
+    """A user namespace on the host's network may not mount a sysfs of its own: the host's
+    /sys is bound and made read-only (a whole kernel in a container runs so, for its ports)."""
+    done = as_user(package, "run", "--network", "host", "--", "sh", "-c",
+                   "grep ' /sys ' /proc/self/mounts; touch /sys/x")
+    assert done.stdout.split()[3].split(",")[0] == "ro", done
+    assert "Read-only file system" in done.stderr, done
 NOTEBOOK_CELL = r"""
 import io
 from nsmagic.cell.channel import Channel

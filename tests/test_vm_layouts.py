@@ -54,9 +54,15 @@ GUEST_PYTEST = ["-m", "kernel", "-p", "no:cacheprovider", "-o", "faulthandler_ti
 # command as uid 65534, where tests that need root skip).
 # Pure v2 and pure v1 also run the block I/O throttles (io.max; blkio on a kernel other than
 # the host's) and the device guards (v2 has no devices controller: the nodev argument).
+# Pure v2, pure v1 and hybrid also run setup-user's delegation as two users the test makes
+# (tests/test_delegation.py, marked unprivileged: root makes the users, they run nsmagic).
 GUEST_PYTEST_BY_LAYOUT: dict[str, list[str]] = {
     layout: GUEST_PYTEST + ["tests/test_blkio.py", "tests/test_devices.py"]
     for layout in ("v2", "v1")}
+for _layout in ("v2", "v1", "hybrid"):
+    _args = GUEST_PYTEST_BY_LAYOUT.get(_layout, GUEST_PYTEST)
+    GUEST_PYTEST_BY_LAYOUT[_layout] = (["-m", "kernel or unprivileged"] + _args[2:]
+                                       + ["tests/test_delegation.py"])
 if os.environ.get("NSMAGIC_VM_GUEST_PYTEST"):  # a developer's override, shell words
     GUEST_PYTEST = shlex.split(os.environ["NSMAGIC_VM_GUEST_PYTEST"])
     GUEST_PYTEST_BY_LAYOUT = {}

@@ -10,7 +10,7 @@ from ..errors import CgroupError
 from .base import PREFIX, Cgroup, DeviceLimit, Limits, Usage, remove_tree, subtree_pids
 from .layout import Layout, detect
 from .v1 import CgroupV1
-from .v2 import LEAF, CgroupV2
+from .v2 import CgroupV2
 
 __all__ = ["Cgroup", "DeviceLimit", "Layout", "Limits", "Usage", "detect", "group_name",
            "open_cgroup", "owner_pid", "running", "sweep"]
@@ -45,7 +45,7 @@ def open_cgroup(run_id: str, limits: Limits, layout: Layout | None = None) -> Cg
 
 def _candidate_dirs(layout: Layout) -> list[str]:
     parents = set()
-    for controller in layout.v1_mounts:
+    for controller in layout.v1_run_hierarchies():
         d = layout.v1_dir(controller)
         if d:
             parents.add(d)
@@ -116,14 +116,15 @@ def _kill_all_in(path: str) -> None:
 
 
 def running(layout: Layout | None = None) -> list[Cgroup]:
-    """Every run's group on this machine (any runner's, like `docker ps`), read-only handles."""
+    """Every run's group on this machine (any runner's, like `docker ps`) that this process
+    may read, read-only handles. (A user's delegated subtree is private to that user.)"""
     import glob
     layout = layout or detect()
     found: dict[str, dict[str, str]] = {}
     if layout.kind == "v2":
         for path in glob.glob(os.path.join(layout.v2_mount, "**", PREFIX + "*"), recursive=True):
             name = os.path.basename(path)
-            if name != LEAF and os.path.isdir(path):
+            if owner_pid(name) is not None and os.path.isdir(path):
                 found.setdefault(name, {})["unified"] = path
         return [CgroupV2.attach(name, dirs["unified"], layout) for name, dirs in
                 sorted(found.items())]
@@ -131,6 +132,6 @@ def running(layout: Layout | None = None) -> list[Cgroup]:
         mount = layout.v1_mounts.get(controller)
         if mount:
             for path in glob.glob(os.path.join(mount, "**", PREFIX + "*"), recursive=True):
-                if os.path.isdir(path):
+                if owner_pid(os.path.basename(path)) is not None and os.path.isdir(path):
                     found.setdefault(os.path.basename(path), {})[controller] = path
     return [CgroupV1.attach(name, dirs) for name, dirs in sorted(found.items())]

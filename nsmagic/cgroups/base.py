@@ -226,8 +226,15 @@ def write_error(path: str, value: str, err: OSError) -> CgroupError:
 
 
 def _hint(err: OSError) -> str:
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "run as root, or delegate a writable cgroup subtree to this user."
+    if err.errno == errno.EROFS:
+        return ("the cgroup file system is mounted read-only here, as a container's is by "
+                "default: limits need the runtime to give this container a writable, delegated "
+                "cgroup (docs/kubernetes.md).")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        if os.geteuid() == 0:
+            return "root may not write this cgroup here (a container, or a locked hierarchy)."
+        from .delegation import setup_command
+        return f"run as root, or have root delegate a cgroup to you: {setup_command()}."
     if err.errno == errno.EBUSY:
         return "a process or a child group still uses it."
     if err.errno == errno.EINVAL:

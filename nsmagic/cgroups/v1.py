@@ -53,7 +53,7 @@ class CgroupV1(Cgroup):
         super().__init__(name, limits)
         self.layout = layout
         self.dirs: dict[str, str] = {}
-        for controller in layout.v1_mounts:
+        for controller in layout.v1_run_hierarchies():
             parent = layout.v1_dir(controller)
             if parent is not None:
                 self.dirs[controller] = os.path.join(parent, name)
@@ -130,7 +130,10 @@ class CgroupV1(Cgroup):
         """Docker's allow-list, written when the group is made (a spare's: before its run):
         a device node an image or a volume brings opens nothing outside the list."""
         d = self.dirs.get("devices")
-        if d is None:
+        if d is None or os.geteuid() != 0:
+            # Only CAP_SYS_ADMIN may write a devices list. A user's run group is made in the
+            # group setup-user delegated, and a new group starts with its parent's list: the
+            # allow-list root wrote there when delegating.
             return
         write(f"{d}/devices.deny", "a")
         path = f"{d}/devices.allow"

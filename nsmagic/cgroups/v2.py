@@ -42,12 +42,21 @@ def run_parent(layout: Layout) -> str:
         _enable(parent, layout.v2_controllers())
         return parent
     own = layout.v2_dir()
+    if layout.delegated_v2 and not _within(own, layout.delegated_v2):
+        from .delegation import outside_message
+        raise CgroupError(outside_message(layout.delegated_v2, own))
     if os.path.basename(own) == LEAF:
-        return os.path.dirname(own)
+        # Put here by root (a spawner's join) or by an earlier runner of this user: the
+        # parent may not hand its controllers down yet.
+        parent = os.path.dirname(own)
+        _enable(parent, _available(parent))
+        return parent
     if not os.access(os.path.join(own, "cgroup.subtree_control"), os.W_OK):
-        raise CgroupError(f"the cgroup {own} is not delegated to this user; run as root, or start "
-                          "the kernel in a delegated scope (systemd-run --user --scope -p "
-                          "Delegate=yes ...).")
+        from .delegation import setup_command
+        raise CgroupError(f"the cgroup {own} is not delegated to this user; run as root, have "
+                          f"root delegate one to you ({setup_command()}), or start the kernel "
+                          "in a delegated scope (systemd-run --user --scope -p Delegate=yes "
+                          "...).")
     leaf = os.path.join(own, LEAF)
     make_dir(leaf)
     for pid in _read_words(os.path.join(own, "cgroup.procs")):
@@ -57,6 +66,10 @@ def run_parent(layout: Layout) -> str:
             pass  # a process that left meanwhile
     _enable(own, _available(own))
     return own
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def _read_words(path: str) -> list[str]:

@@ -96,7 +96,7 @@ def start(boot: BootConfig, fds: list[int], parent_alive: int) -> tuple[int, int
             pid, pidfd = linux.clone(namespace_flags(boot))
     except OSError as err:
         raise SetupError(f"can't create namespaces (pid, mount, uts, ipc, net"
-                         f"{', user' if boot.rootless else ''}): {root.hint(err)}; "
+                         f"{', user' if boot.rootless else ''}): {_clone_hint(err)}; "
                          "or pass --unconfined to run without isolation") from err
     finally:
         if cgroup_fd is not None:
@@ -106,6 +106,21 @@ def start(boot: BootConfig, fds: list[int], parent_alive: int) -> tuple[int, int
     if pid == 0:
         _become_init(boot, fds, parent_alive, joined, held)
     return pid, pidfd
+
+
+def _clone_hint(err: OSError) -> str:
+    """EPERM under a seccomp filter is the filter's doing (a pod's RuntimeDefault), not the
+    user namespace sysctl's."""
+    try:
+        with open("/proc/self/status") as f:
+            filtered = any(line.split() == ["Seccomp:", "2"] for line in f)
+    except OSError:
+        filtered = False
+    if err.errno == errno.EPERM and filtered:
+        return ("not permitted: a seccomp filter on this process refuses it (a pod's "
+                "seccompProfile RuntimeDefault, or Docker's default profile); the pod needs "
+                "Unconfined or a profile that allows them (docs/kubernetes.md)")
+    return root.hint(err)
 
 
 def _open_cgroup_dir(path: str | None) -> int | None:

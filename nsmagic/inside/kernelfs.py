@@ -9,6 +9,7 @@ import os
 import stat
 
 from ..config import CgroupMount
+from ..errors import SetupError
 from . import linux
 from .linux import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, fd_path, mount
 from .root import Root, remount_read_only, step
@@ -28,12 +29,36 @@ NOSUID_NODEV_NOEXEC = MS_NOSUID | MS_NODEV | MS_NOEXEC
 EXACT = linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_SYMLINKS
 
 
+MASKED_PROC = ("can't mount /proc: not permitted: the /proc this runs under has masked "
+               "paths (a container's default, as Kubernetes' procMount: Default gives), and the "
+               "kernel mounts no fresh /proc beside one that hides something; give the pod "
+               "procMount: Unmasked (with hostUsers: false), or Docker/Podman --security-opt "
+               "systempaths=unconfined (docs/kubernetes.md)")
+
+
 def mount_all(root: Root, rootless: bool, cgroup_mounts: tuple[CgroupMount, ...]) -> None:
-    _on(root.kernel_dir("proc"), "/proc", "proc", "proc", NOSUID_NODEV_NOEXEC)
+    _proc(root)
     _dev(root, rootless)
     _sys(root)
     _cgroupfs(root, cgroup_mounts)
     _mask(root)
+
+
+def _proc(root: Root) -> None:
+    try:
+        _on(root.kernel_dir("proc"), "/proc", "proc", "proc", NOSUID_NODEV_NOEXEC)
+    except SetupError as err:
+        if isinstance(err.__cause__, PermissionError) and masked_proc():
+            raise SetupError(MASKED_PROC) from err
+        raise
+
+
+def masked_proc(mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Something is mounted over a path in /proc (binfmt_misc aside, an empty directory the
+    kernel does not count): the masks a container runtime puts there."""
+    with open(mountinfo) as f:
+        points = [line.split()[4] for line in f]
+    return any(p.startswith("/proc/") and p != "/proc/sys/fs/binfmt_misc" for p in points)
 
 
 def _on(target_fd: int, user_path: str, source: str, fstype: str | None, flags: int,
@@ -88,7 +113,13 @@ def _sys(root: Root) -> None:
         mount("sysfs", fd_path(target), "sysfs", NOSUID_NODEV_NOEXEC | MS_RDONLY)
     except OSError:   # a user namespace without its own network namespace may not
         step("bind", "/sys", mount, "/sys", fd_path(target), None, MS_BIND | MS_REC)
-        step("make read-only", "/sys", remount_read_only, fd_path(target))
+        # `target` still names the directory under the new mount: remounting through it
+        # fails (EINVAL, not a mount point); the path resolved again names the mount
+        bound = root.kernel_dir("sys")
+        try:
+            step("make read-only", "/sys", remount_read_only, fd_path(bound))
+        finally:
+            os.close(bound)
     finally:
         os.close(target)
 

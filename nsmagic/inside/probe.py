@@ -58,6 +58,21 @@ def _overlay(tmp: str, user_ns: bool) -> None:
         raise OSError("a write reached the lower layer")
 
 
+def _fresh_proc(tmp: str, user_ns: bool) -> None:
+    """What every run's PID 1 does first: a /proc of a new PID namespace, mounted by a process
+    in it. Refused beside a /proc with masked paths (a container's default procMount)."""
+    if user_ns:
+        _as_user_ns_root()
+    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    error = _in_child(lambda: linux.mount("proc", tmp, "proc", linux.MS_NOSUID
+                                          | linux.MS_NODEV | linux.MS_NOEXEC))
+    if error:
+        from .kernelfs import MASKED_PROC, masked_proc
+        raise OSError(MASKED_PROC.removeprefix("can't mount /proc: ") if masked_proc()
+                      else error)
+
+
 def _seccomp_load_ms(program: bytes) -> float | str:
     """What loading the filter costs each run's PID 1, timed in a child as PID 1 does it
     (after no_new_privs); an error's text where this kernel cannot load it."""
@@ -102,6 +117,12 @@ def probe(program: bytes | None = None) -> dict:
             if os.path.isdir(os.path.join(tmp, "work", "work")):
                 os.chmod(os.path.join(tmp, "work", "work"), 0o700)
             shutil.rmtree(tmp, ignore_errors=True)
+    if not any(out["namespaces"].get(n) for n in ("user", "pid", "mount")):
+        tmp = tempfile.mkdtemp(prefix="nsmagic-probe-")
+        try:
+            out["proc"] = _in_child(lambda: _fresh_proc(tmp, not root))
+        finally:
+            os.rmdir(tmp)
     if program:
         out["seccomp_load_ms"] = _seccomp_load_ms(program)
     return out
