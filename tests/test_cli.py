@@ -96,7 +96,7 @@ def test_ps_lists_running_containers_of_any_runner():
     try:
         assert other.stdout.readline() == b"up\n"
         listing = nsmagic("ps").stdout   # Docker's columns; its runner named in STATUS
-        row = next(line for line in listing.splitlines() if f"(runner {other.pid})" in line)
+        row = next(line for line in listing.splitlines() if f"(runner {other.pid}," in line)
         assert '"sh -c echo up; sleep' in row, listing
         stats = nsmagic("stats", "--no-stream").stdout   # the memory is stats' to show
         row = next(line for line in stats.splitlines() if line.endswith(f" {other.pid}"))
