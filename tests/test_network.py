@@ -633,3 +633,28 @@ def test_nat_rules_are_set_whole_and_go_whole(backend, monkeypatch):
     finally:
         nat.sync([], [])
     assert set(nat.present()) <= before
+
+
+def test_a_helper_killed_outright_is_replaced_and_adopts_what_it_left(no_leaks):
+    """SIGKILL to nsmagic-netd while a container is attached: the runner's next bridged run
+    starts a new helper, which adopts the live lease (and detaches it when that container
+    ends) and the network still works for both."""
+    import signal
+
+    from nsmagic.core import start
+    from nsmagic.net import client
+    from nsmagic.spec import Spec
+    spec = Spec.from_argv(["--network", "bridge", "--", "sleep", "30"])
+    first = start(spec)
+    try:
+        assert first.network["ip"]
+        helper = client.Connection.get().answer(client.Connection.get().send({"op": "ping"}))
+        os.kill(helper["pid"], signal.SIGKILL)
+        second = start(spec)
+        try:
+            assert second.network["ip"] != first.network["ip"]
+            assert os.path.exists(f"/sys/class/net/{first.network['veth']}")   # kept
+        finally:
+            _stop(second)
+    finally:
+        _stop(first)

@@ -48,11 +48,21 @@ class Connection:
     def get(cls, start: bool = True) -> Connection | None:
         with cls._guard:
             conn = cls._current
-            if conn is None or conn.owner != os.getpid() or conn.broken:
+            if conn is None or conn.owner != os.getpid() or conn.broken or conn.closed():
                 if not start:
                     return None
                 conn = cls._current = cls()
             return conn
+
+    def closed(self) -> bool:
+        """The helper went away since the last answer (its end is closed: EOF is there)."""
+        with self.lock:
+            if self.answers or not select.select([self.sock], [], [], 0)[0]:
+                return False
+            try:
+                return self.sock.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
 
     def send(self, message: dict, fds=()) -> int:
         with self.lock:
@@ -105,12 +115,17 @@ def attach(pid1, control: socket.socket, run_id: str, name: str, hostname: str,
     try:
         if not pid1.running():   # the pid may have been reused: the fd must be PID 1's
             raise SetupError("the container's PID 1 died before its network was set up.")
+        message = {"op": "attach", "id": run_id, "name": name, "hostname": hostname,
+                   "network": network, "pid": pid1.pid, "rate": rate,
+                   "ports": [[p.host_ip, p.host_port, p.container_port, p.protocol]
+                             for p in ports]}
+        fds = [pid1.pidfd, netns, control.fileno()]
         conn = Connection.get()
-        seq = conn.send({"op": "attach", "id": run_id, "name": name, "hostname": hostname,
-                         "network": network, "pid": pid1.pid, "rate": rate,
-                         "ports": [[p.host_ip, p.host_port, p.container_port, p.protocol]
-                                   for p in ports]},
-                        [pid1.pidfd, netns, control.fileno()])
+        try:
+            seq = conn.send(message, fds)
+        except SetupError:   # the helper this process knew went away: a new one, once
+            conn = Connection.get()
+            seq = conn.send(message, fds)
     finally:
         os.close(netns)
     return Pending(conn, seq)
