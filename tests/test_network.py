@@ -650,6 +650,8 @@ def test_a_helper_killed_outright_is_replaced_and_adopts_what_it_left(no_leaks):
         assert first.network["ip"]
         helper = client.Connection.get().answer(client.Connection.get().send({"op": "ping"}))
         os.kill(helper["pid"], signal.SIGKILL)
+        while os.path.exists(f"/proc/{helper['pid']}"):   # gone (a helper killed while it
+            time.sleep(0.01)                               # attaches fails that attach)
         second = start(spec)
         try:
             assert second.network["ip"] != first.network["ip"]

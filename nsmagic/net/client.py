@@ -137,7 +137,10 @@ def settle(bridges: bool = False, started_elsewhere: bool = False) -> None:
     this process never attached one, unless `started_elsewhere` (a test after a CLI's run):
     then a helper that runs is asked, and none is started."""
     message = {"op": "settle", "bridges": bridges}
-    conn = Connection.get(start=False)
+    # A process that used a helper which went away (killed) starts a new one: its start
+    # sweeps what the old one left (leases, veths, a bridge, rules).
+    conn = Connection.get(start=Connection._current is not None
+                          and Connection._current.owner == os.getpid())
     if conn is not None:
         conn.answer(conn.send(message))
     elif started_elsewhere:
