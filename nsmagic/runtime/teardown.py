@@ -12,6 +12,7 @@ import atexit
 import os
 import queue
 import signal
+import sys
 import threading
 
 from .. import cgroups
@@ -154,8 +155,10 @@ def _at_exit() -> None:
 
 
 def _forget_in_child() -> None:
-    from . import tied
-    tied.forget_in_child()
+    """In every fork of the runner (a PID 1 cloned in the CLI too: keep this cheap)."""
+    tied = sys.modules.get("nsmagic.runtime.tied")   # only where it was ever used
+    if tied is not None:
+        tied.forget_in_child()
     stdio.forget_in_child()
     Spares.forget_in_child()
     Teardown.forget_in_child()
