@@ -1,6 +1,6 @@
 """Where nsmagic keeps state: the store (kept across reboots: networks, containers kept after
 they exit, images) and the runtime directory (gone at reboot: sockets of helper processes).
-Stdlib only.
+Stdlib only. With them, what names a process across time (pid, start time, boot).
 
 The store is the images branch's: root's /var/lib/nsmagic, a user's $XDG_DATA_HOME/nsmagic
 (NSMAGIC_STORE overrides both), mode 0700."""
@@ -46,6 +46,19 @@ def boot_id() -> str:
     """This boot's id: a pid and a start time name a process only within one boot."""
     with open("/proc/sys/kernel/random/boot_id") as f:
         return f.read().strip()
+
+
+def pid_exists(pid: int | None) -> bool:
+    """Whether a process with this pid runs (one we may not signal counts)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def start_time(pid: int) -> int | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 
+from . import dirs
 from .cgroups import Cgroup
 from .cgroups import running as _all_groups
 from .spec import format_size
@@ -34,17 +35,11 @@ def running() -> list[Cgroup]:
         if not mine(cg) or _is_spare(cg):
             cg.close()
             continue
-        pid = owner(cg)
-        if pid is None:   # not a run's group (a delegated scope's leaf, say)
-            cg.close()
-            continue
-        try:
-            os.kill(pid, 0)
+        pid = owner(cg)   # None: not a run's group (a delegated scope's leaf, say)
+        if pid is not None and dirs.pid_exists(pid):
             alive.append(cg)
-        except ProcessLookupError:
+        else:
             cg.close()
-        except PermissionError:
-            alive.append(cg)
     return alive
 
 

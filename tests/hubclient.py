@@ -77,7 +77,9 @@ c.JupyterHub.load_roles = [{{"name": "nsmagic-test", "services": ["nsmagic-test"
 class Hub:
     """A Hub process and everything it starts; stop() ends them all."""
 
-    def __init__(self, users: list[str], package: str, mem="1G", cpus=1, pids=1024):
+    def __init__(self, users: list[str], package: str, python: str = sys.executable, mem="1G",
+                 cpus=1, pids=1024):
+        """`python`: one the students can run (conftest's nobody_python): their servers'."""
         self.dir = tempfile.mkdtemp(prefix="nsmagic-hub-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -85,7 +87,7 @@ class Hub:
             port=self.port, hub_port=free_port(), proxy_api_port=free_port(), dir=self.dir,
             password=PASSWORD, users=set(users), package=package, mem=mem, cpus=cpus,
             pids=pids, token=SERVICE_TOKEN,
-            singleuser=os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser"))
+            singleuser=os.path.join(os.path.dirname(python), "jupyterhub-singleuser"))
         with open(os.path.join(self.dir, "jupyterhub_config.py"), "w") as f:
             f.write(textwrap.dedent(config))
         self.log = open(os.path.join(self.dir, "hub.log"), "w")

@@ -23,9 +23,10 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 VENV = "/opt/nsmagic-nobody-venv"
 VENV_PYTHON = VENV + "/bin/python"
 INSTALL_DEPS = "bash tests/install-deps"
-# What runs as nobody: nsmagic's dependencies, pytest (VM guest), nbclient's kernel (notebooks).
+# What runs as nobody or another user: nsmagic's dependencies, pytest (VM guest), nbclient's
+# kernel (notebooks), a student's single-user server (the Hub tier).
 MODULES = ("IPython", "ipykernel", "ipywidgets", "matplotlib", "pyroute2", "pytest",
-           "jupyter_client", "nbclient", "nbformat")
+           "jupyter_client", "nbclient", "nbformat", "jupyterhub", "jupyter_server")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -84,14 +85,15 @@ def choose() -> tuple[str | None, str]:
 
 
 def requirements() -> list[str]:
-    """The package's dependencies and its test extra, from pyproject.toml."""
+    """The package's dependencies and its test and hub extras, from pyproject.toml."""
     try:
         import tomllib
     except ImportError:  # Python < 3.11: the copy pip carries
         from pip._vendor import tomli as tomllib
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *extras["test"], *extras["hub"]]
 
 
 def make() -> int:

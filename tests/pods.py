@@ -34,7 +34,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 
 from nsmagic.cgroups import detect
@@ -219,11 +218,11 @@ def _remove_cgroups(cgroup: str) -> None:
                 pass
 
 
-def probe(pods: Pods, setting: Setting, package: str) -> dict:
+def probe(pods: Pods, setting: Setting, package: str, python: str) -> dict:
     """nsmagic's probe inside a pod under `setting`: its JSON, with what the pod said.
     `package` (a checkout copy) must be outside /tmp and /run: the pod's image is the host's
-    root, where it is seen as it is, and those two are the pod's own tmpfs."""
-    python = sys.executable
+    root, where it is seen as it is, and those two are the pod's own tmpfs. `python` must be
+    one the pod's user (1000, not root) can run: conftest's nobody_python."""
     env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": package, "LANG": "C.UTF-8"}
     done = pods.run(setting, [python, os.path.join(package, "tests", "pod_probe.py")], env, [])
     try:

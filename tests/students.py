@@ -16,8 +16,11 @@ PREFIX = "nsmagic-stu"   # what the tests name their users: a leftover one is ea
 
 def make_users(count: int, home_root: str | None = None) -> list[pwd.struct_passwd]:
     """`count` fresh system users (no login shell, no password), each with a home of their
-    own under home_root (a temporary directory if None). A user left by a killed test run
-    is removed first."""
+    own under home_root (a temporary directory if None). Users left by a killed run (a
+    test's or bench/class.py's: any nsmagic-stu* with no process left) are removed first."""
+    for entry in pwd.getpwall():
+        if entry.pw_name.startswith(PREFIX) and not processes_of(entry.pw_uid):
+            remove_user(entry.pw_name)
     home_root = home_root or tempfile.mkdtemp(prefix="nsmagic-homes-")
     os.chmod(home_root, 0o755)
     made = []
@@ -35,6 +38,17 @@ def make_users(count: int, home_root: str | None = None) -> list[pwd.struct_pass
             remove_user(entry.pw_name)
         raise
     return made
+
+
+def processes_of(uid: int) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
 
 
 def remove_user(name: str) -> None:

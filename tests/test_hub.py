@@ -10,7 +10,7 @@ import pwd
 
 import pytest
 from hubclient import Hub, why_no_hub
-from students import make_users, remove_user
+from students import make_users, processes_of, remove_user
 
 from nsmagic.cgroups import delegation, detect
 
@@ -51,12 +51,12 @@ for what, attempt in (("signal", lambda: os.kill(pid, signal.SIGTERM)),
 
 
 @pytest.fixture(scope="module")
-def classroom(nobody_checkout):
+def classroom(nobody_checkout, nobody_python):
     students = make_users(2)
     names = [s.pw_name for s in students]
     hub = None
     try:
-        hub = Hub(names, nobody_checkout)
+        hub = Hub(names, nobody_checkout, nobody_python)
         tokens = {name: hub.log_in(name) for name in names}
         for name in names:
             hub.start_server(name, tokens[name])
@@ -72,19 +72,8 @@ def classroom(nobody_checkout):
         for name in names:
             remove_user(name)
     for entry in students:
-        assert not _processes_of(entry.pw_uid), "a student's process outlived the Hub"
+        assert not processes_of(entry.pw_uid), "a student's process outlived the Hub"
     assert not _users_dirs(), "a student's cgroups outlived the Hub and the users"
-
-
-def _processes_of(uid: int) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.stat(f"/proc/{pid}").st_uid == uid:
-                found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 def _users_dirs():

@@ -33,11 +33,12 @@ def package():
 
 
 @pytest.fixture(scope="module")
-def found(package):
-    """The probe's answers under every setting, one pod each."""
+def found(package, nobody_python):
+    """The probe's answers under every setting, one pod each, run by a Python that the pod's
+    user can execute (this venv's may sit under /root)."""
     pods = Pods()
     try:
-        yield {s.name: probe(pods, s, package) for s in SETTINGS}
+        yield {s.name: probe(pods, s, package, nobody_python) for s in SETTINGS}
     finally:
         pods.close()
     import glob

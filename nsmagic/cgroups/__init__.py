@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+from .. import dirs
 from ..errors import CgroupError
 from .base import PREFIX, Cgroup, DeviceLimit, Limits, Usage, remove_tree, subtree_pids
 from .layout import Layout, detect
@@ -64,15 +65,6 @@ def _candidate_dirs(layout: Layout) -> list[str]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
 
 def sweep(layout: Layout | None = None) -> list[str]:
     """Remove groups left by runners that died (SIGKILL, a crashed kernel), child groups
@@ -95,7 +87,7 @@ def sweep(layout: Layout | None = None) -> list[str]:
 
 def _is_stale(path: str) -> bool:
     owner = owner_pid(os.path.basename(path))
-    return owner is not None and owner != os.getpid() and not _alive(owner)
+    return owner is not None and owner != os.getpid() and not dirs.pid_exists(owner)
 
 
 def _wait_gone(paths: list[str], within: float = 0.1) -> None:

@@ -271,6 +271,23 @@ def subtree_pids(path: str) -> set[int]:
     return found
 
 
+def kill_until_empty(pids, what: str) -> None:
+    """SIGKILL every process that pids() lists until it lists none (v1 has no cgroup.kill,
+    and a process may fork while the others die)."""
+    import signal
+    for _ in range(200):
+        found = pids()
+        if not found:
+            return
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.005)
+    raise CgroupError(f"cannot kill the processes of {what}: they kept coming back.")
+
+
 def remove_tree(path: str, tries: int = 50) -> None:
     """Remove a group with its child groups, children first."""
     for group in subtree(path):

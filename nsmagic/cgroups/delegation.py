@@ -30,7 +30,7 @@ import pwd
 import sys
 
 from ..errors import CgroupError
-from .base import Limits, make_dir, read_limit, remove_tree, subtree_pids, write
+from .base import Limits, kill_until_empty, make_dir, read_limit, remove_tree, subtree_pids, write
 from .layout import DELEGATED, USERS_DIR, Layout, delegated_dir, detect
 from .v1 import DEVICE_RULES, _read_text, write_error
 from .v2 import LEAF, _available, _enable
@@ -285,27 +285,11 @@ def remove(user: str, kill: bool = False, layout: Layout | None = None) -> list[
         raise CgroupError(f"{entry.pw_name}'s cgroups still hold {len(busy)} processes ({shown}); "
                           "stop them (the user's server and containers) first, or add --kill.")
     for top in tops:
-        _kill_all(top)
+        kill_until_empty(lambda top=top: subtree_pids(top), top)
         remove_tree(top)
     for mount in hierarchies(layout):
         _remove_if_empty(os.path.join(mount, USERS_DIR))
     return tops
-
-
-def _kill_all(top: str) -> None:
-    import signal
-    import time
-    for _ in range(200):
-        pids = subtree_pids(top)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.005)
-    raise CgroupError(f"cannot empty {top}: its processes did not die.")
 
 
 def _remove_if_empty(path: str) -> None:

@@ -13,7 +13,6 @@ pids limit bounds what a kill loop has to chase."""
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 from ..config import CgroupMount
@@ -23,6 +22,7 @@ from .base import (
     Cgroup,
     Limits,
     Usage,
+    kill_until_empty,
     make_dir,
     read_int,
     read_keyed,
@@ -229,17 +229,7 @@ class CgroupV1(Cgroup):
     def kill(self) -> None:
         """SIGKILL every process, in child groups too, until none is left (v1 has no
         cgroup.kill)."""
-        for _ in range(200):
-            pids = self.pids()
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.005)
-        raise CgroupError(f"cannot kill the processes of {self.name}: they kept coming back.")
+        kill_until_empty(self.pids, self.name)
 
     def destroy(self) -> None:
         super().destroy()

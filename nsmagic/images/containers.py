@@ -23,6 +23,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from .. import dirs
 from ..errors import NsmagicError, SpecError
 
 ADJECTIVES = (
@@ -70,7 +71,7 @@ class Record:
     @property
     def running(self) -> bool:
         state = self.data["State"]
-        return state["Status"] == "running" and _alive(state.get("Pid"))
+        return state["Status"] == "running" and dirs.pid_exists(state.get("Pid"))
 
     def save(self) -> None:
         tmp = os.path.join(self.dir, f"container.json.{os.getpid()}.tmp")
@@ -89,16 +90,6 @@ class Record:
         return f"Exited ({state.get('ExitCode')}) {ago(state.get('FinishedAt'), now)}"
 
 
-def _alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def records(store) -> list[Record]:

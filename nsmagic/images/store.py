@@ -24,6 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from .. import dirs
 from ..errors import NsmagicError
 from . import reference
 
@@ -45,15 +46,6 @@ CHUNK = 1 << 20
 
 class ImageNotFound(NsmagicError):
     """No such image in the store."""
-
-
-def default_root() -> str:
-    if os.environ.get("NSMAGIC_STORE"):
-        return os.path.abspath(os.environ["NSMAGIC_STORE"])
-    if os.geteuid() == 0:
-        return "/var/lib/nsmagic"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(data, "nsmagic")
 
 
 @dataclass(frozen=True)
@@ -103,7 +95,7 @@ class Image:
 
 class Store:
     def __init__(self, root: str | None = None):
-        self.root = root or default_root()
+        self.root = root or dirs.store_root()
         self._held = False
 
     # --- layout
@@ -428,12 +420,9 @@ class Store:
 def _alive(staged: str) -> bool:
     """Whether the process that named a tmp/ entry (KIND-PID-RANDOM) still runs."""
     try:
-        os.kill(int(staged.split("-")[1]), 0)
-        return True
-    except (IndexError, ValueError, ProcessLookupError):
+        return dirs.pid_exists(int(staged.split("-")[1]))
+    except (IndexError, ValueError):
         return False
-    except PermissionError:
-        return True
 
 
 def _looks_like_id(text: str) -> bool:
