@@ -161,3 +161,47 @@ def test_the_cli_interrupted_at_any_point_of_a_run_says_so_in_one_line(after):
     if cli.returncode:
         assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
     assert leftovers(cli.pid) == []
+
+
+@pytest.mark.kernel
+@needs_root
+def test_groups_a_killed_runner_left_under_another_cgroup_go_after_the_next_run():
+    """A runner started from another cgroup (another shell's, another kernel's scope) and
+    killed left its groups there, where a later start's sweep (beside its own group) does not
+    look. After its run, any runner walks the trees once and removes such groups that are
+    empty and old; a busy one (its owner may be a live runner in another pid namespace) or a
+    young one (just made, not yet joined) stays."""
+    layout = cgroups.detect()
+    mount = layout.v2_mount if layout.kind == "v2" else layout.v1_mounts["memory"]
+    other = f"{mount}/nsmagic-test-elsewhere-{os.getpid()}"
+    dead = _dead_pid()
+    old, busy, young = (f"{other}/nsmagic-{dead}-{tag * 12}" for tag in "abc")
+    os.mkdir(other)
+    for group in (old, busy, young):
+        os.mkdir(group)
+    an_hour_ago = time.time() - 3600
+    for group in (old, busy):
+        os.utime(group, (an_hour_ago, an_hour_ago))
+    sleeper = _sleeper_in(busy)
+    try:
+        done = subprocess.run([sys.executable, "-m", "nsmagic", "run", "--mem", "64M", "--",
+                               "true"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 10   # the CLI's cleanup fork does it after the exit
+        while os.path.exists(old) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(old), "an old empty group of a dead runner was left"
+        assert os.path.isdir(busy) and sleeper.poll() is None, "a busy group was touched"
+        assert os.path.isdir(young), "a group made a moment ago was removed"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for group in (old, busy, young, other):
+            for _ in range(100):
+                try:
+                    os.rmdir(group)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)

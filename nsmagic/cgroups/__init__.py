@@ -14,7 +14,11 @@ from .v1 import CgroupV1
 from .v2 import CgroupV2
 
 __all__ = ["Cgroup", "DeviceLimit", "Layout", "Limits", "Usage", "detect", "group_name",
-           "open_cgroup", "owner_pid", "running", "sweep"]
+           "open_cgroup", "owner_pid", "running", "sweep", "sweep_elsewhere"]
+
+# A group elsewhere in the tree is left alone until it is this old: a runner in another pid
+# namespace (nsmagic in a pod) may have just made it and not yet moved its PID 1 in.
+ELSEWHERE_AFTER_S = 60.0
 
 
 def group_name(run_id: str) -> str:
@@ -83,6 +87,39 @@ def sweep(layout: Layout | None = None) -> list[str]:
         except (OSError, CgroupError):
             pass
     return removed
+
+
+def sweep_elsewhere(layout: Layout | None = None) -> list[str]:
+    """Remove empty groups that dead runners left anywhere in the cgroup trees, not only
+    beside this process's own group (where sweep() looks): a runner started from another
+    cgroup (another shell, another kernel's scope) and killed left its groups under that
+    one. It walks every hierarchy, so it runs off the run path, once per process. It never
+    kills: an owner pid that is not ours to see may be a live runner in another pid
+    namespace, so only groups with no process left and older than ELSEWHERE_AFTER_S go."""
+    layout = layout or detect()
+    mounts = set(layout.v1_mounts.values()) | ({layout.v2_mount} - {None})
+    removed = []
+    for mount in mounts:
+        for here, subs, _ in os.walk(mount):
+            stale = [n for n in subs if owner_pid(n) is not None]
+            subs[:] = [n for n in subs if n not in stale]   # what is below a run is its own
+            for name in stale:
+                path = os.path.join(here, name)
+                if _is_stale(path) and _idle_since(path) > ELSEWHERE_AFTER_S \
+                        and not subtree_pids(path):
+                    try:
+                        remove_tree(path, tries=1)
+                        removed.append(path)
+                    except (OSError, CgroupError):
+                        pass
+    return removed
+
+
+def _idle_since(path: str) -> float:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _is_stale(path: str) -> bool:

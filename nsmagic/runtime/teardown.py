@@ -41,6 +41,7 @@ class Teardown:
 
     @classmethod
     def _work(cls, work: queue.Queue) -> None:
+        swept = False
         while True:
             pid1, cgroup, refill = work.get()
             try:
@@ -51,6 +52,9 @@ class Teardown:
                 for kind, layout in refill:   # the next run's spares, once this one is gone
                     Spares.refill(kind, layout)
                 secrets.refresh()
+                if not swept:      # once per process (this thread is its own), after a run
+                    swept = True
+                    sweep_elsewhere()
             except Exception:  # noqa: BLE001 - this thread must live: settle() waits on it
                 pass
             finally:
@@ -108,12 +112,22 @@ def hand_off(pid1: Pid1 | None, cgroup: cgroups.Cgroup | None) -> None:
             for fd in (0, 1, 2):        # a pipe to the shell (`| head`) must see its end
                 os.dup2(null, fd)
             finish(pid1, cgroup)
+            sweep_elsewhere()
         finally:
             os._exit(0)
     signal.pthread_sigmask(signal.SIG_SETMASK, held)
     if pid1 is not None:
         pid1.own_child = False          # reaped by whoever adopts it once we exit
         pid1.close()
+
+
+def sweep_elsewhere() -> None:
+    """What dead runners left in other parts of the cgroup trees (cgroups.sweep_elsewhere):
+    a walk of every hierarchy, so here, after a run, never before one."""
+    try:
+        cgroups.sweep_elsewhere()
+    except (OSError, NsmagicError):
+        pass
 
 
 def _removed(cgroup: cgroups.Cgroup) -> bool:
