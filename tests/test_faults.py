@@ -205,3 +205,39 @@ def test_groups_a_killed_runner_left_under_another_cgroup_go_after_the_next_run(
                     break
                 except OSError:
                     time.sleep(0.01)
+
+
+@pytest.mark.core
+def test_exit_while_a_spare_is_being_asked_for_joins_it_instead_of_failing(monkeypatch):
+    """The process exits (Spares.close at exit, main thread) while the teardown thread asks
+    for the next spare: close() found the new worker listed but not started yet and its
+    join raised 'cannot join thread before it is started' (seen once at exit)."""
+    import threading
+
+    from nsmagic.runtime import spares
+    monkeypatch.setattr(spares.Spares, "_ready", {})
+    monkeypatch.setattr(spares.Spares, "_making", {})
+    monkeypatch.setattr(spares.Spares, "_closed", False)
+    monkeypatch.setattr(spares, "make_spare", lambda kind, layout: None)
+    Thread = threading.Thread   # spares.threading is the threading module: patched below
+    closing: list[threading.Thread] = []
+    failed: list[BaseException] = []
+
+    def close():
+        try:
+            spares.Spares.close()
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            failed.append(e)
+
+    class ExitComesFirst(Thread):
+        def start(self):   # the process's exit begins between listing and starting
+            closing.append(Thread(target=close))
+            closing[0].start()
+            time.sleep(0.1)
+            super().start()
+
+    monkeypatch.setattr(spares.threading, "Thread", ExitComesFirst)
+    spares.Spares.refill(spares.SpareKind(rootless=False, network="private",
+                                          unconfined=False), None)
+    closing[0].join(10)
+    assert not closing[0].is_alive() and not failed, failed

@@ -237,12 +237,13 @@ class Spares:
                 return
             worker = threading.Thread(target=cls._make, args=(kind, layout), daemon=True,
                                       name="nsmagic-spare")
+            # Started under the lock: close() (at exit, from another thread) must never find
+            # a worker it cannot join yet. The worker takes the lock only once it has made.
+            try:
+                worker.start()
+            except RuntimeError:   # the interpreter is shutting down: no new threads
+                return
             cls._making[kind] = worker
-        try:
-            worker.start()
-        except RuntimeError:   # the interpreter is shutting down: no new threads
-            with cls._lock:
-                cls._making.pop(kind, None)
 
     @classmethod
     def _make(cls, kind: SpareKind, layout: cgroups.Layout) -> None:
