@@ -1,6 +1,6 @@
 """Pull and push against the reference registry (Debian's docker-registry) on loopback,
-with and without htpasswd auth: build -> push -> rmi -> pull -> run; a corrupted blob is
-refused by its digest and leaves no half image."""
+open, with htpasswd auth and with bearer tokens: build -> push -> rmi -> pull -> run; a
+corrupted blob is refused by its digest and leaves no half image."""
 
 from __future__ import annotations
 
@@ -28,15 +28,16 @@ def config_home(tmp_path, monkeypatch):
 @pytest.fixture
 def server(request):
     try:
-        with registryhelp.registry(auth=getattr(request, "param", False)) as running:
+        with registryhelp.registry(auth=getattr(request, "param", None)) as running:
             yield running
     except registryhelp.RegistryUnavailable as why:
         pytest.skip(str(why))
 
 
-@pytest.mark.parametrize("server", [False, True], ids=["open", "htpasswd"], indirect=True)
-def test_build_push_rmi_pull_run(store, tmp_path, config_home, server, request, no_leaks):
-    auth = "htpasswd" in request.node.callspec.id
+@pytest.mark.parametrize("server", [None, "htpasswd", "bearer"], ids=["open", "htpasswd", "bearer"],
+                         indirect=True)
+def test_build_push_rmi_pull_run(store, tmp_path, config_home, server, no_leaks):
+    auth = server.auth is not None
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx/Dockerfile").write_text(DOCKERFILE)
     name = f"{server.address}/course/proof:1"
@@ -62,6 +63,10 @@ def test_build_push_rmi_pull_run(store, tmp_path, config_home, server, request, 
     assert pulled.stdout.startswith("Digest: sha256:")
     done = nsmagic("run", "--rm", name)
     assert done.stdout == "pushed and pulled\n", done.stderr
+    if server.tokens:   # the registry asked for tokens, and the login's got push and pull
+        granted = [set(a["actions"]) for c in server.tokens.issued for a in c["access"]
+                   if c["sub"] == registryhelp.USER and a["name"] == "course/proof"]
+        assert {"push", "pull"} in granted, server.tokens.issued
 
 
 def test_corrupt_blob_refused_by_digest(store, tmp_path, config_home, server, no_leaks):

@@ -170,15 +170,30 @@ class Client:
         return r
 
     def _do_request(self, url: str, method: str, **kw):
-        """oras-py's request with its 401 handling, without its retry decorator: that one
-        sleeps 3 s, 5 s, 11 s, 29 s, 83 s on any error (a refused password, a dropped
-        connection), where a user wants the one-sentence answer at once."""
+        """A request, and the distribution spec's token flow on a 401: a token for the scope
+        the challenge names, fetched from its realm by oras-py (with the login's basic auth,
+        else anonymously), then the request once more. Not oras-py's do_request: that one
+        re-sends a token it holds when the registry asks for a wider scope (a push after a
+        pull's token is refused again), and its retry decorator sleeps 3 s, 5 s, 11 s, 29 s,
+        83 s on any error, where a user wants the one-sentence answer at once."""
+        kw.setdefault("verify", getattr(self.oras, "_tls_verify", True))
         if self.backend == "basic":   # the header is on every request already (above)
             return self.oras.session.request(method, url, **kw)
-        undecorated = getattr(type(self.oras).do_request, "__wrapped__", None)
-        if undecorated is None:
-            return self.oras.do_request(url, method, **kw)
-        return undecorated(self.oras, url, method, **kw)
+        from oras.auth.utils import parse_auth_header
+        auth, headers = self.oras.auth, kw.pop("headers", None) or {}
+        r = self.oras.session.request(method, url, headers={**headers,
+                                                            **auth.get_auth_header()}, **kw)
+        challenge = r.headers.get("WWW-Authenticate", "")
+        replayable = isinstance(kw.get("data"), (bytes, type(None)))   # not a spent stream
+        if r.status_code != 401 or not challenge.lower().startswith("bearer") \
+                or not replayable:
+            return r
+        token = auth.request_token(parse_auth_header(challenge))
+        if not token:
+            return r      # the token server refused: the 401 says so to the caller
+        auth.token = token
+        return self.oras.session.request(method, url, headers={**headers,
+                                                               **auth.get_auth_header()}, **kw)
 
     def check(self) -> None:
         self.request("GET", "/v2/", "the credentials")
