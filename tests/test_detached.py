@@ -290,6 +290,22 @@ def test_a_run_joins_another_containers_network(detached):
     assert "there is no container 'nsmagic-nope'" in missing.stderr, missing.stderr
 
 
+def test_a_python_cell_joins_another_containers_network(detached):
+    """The cell's own path (a container made ahead between cells, IPython inside), not the
+    CLI's: its eth0 is the named container's."""
+    from IPython.testing.globalipapp import get_ipython  # started if no test did yet
+    web = detached("--network", "bridge", "--name", "nsmagic-t-cellnet", "--", "sleep", "60")
+    ip = get_ipython()
+    ip.run_line_magic("load_ext", "nsmagic")
+    for _ in range(2):   # the second cell's container was made ahead, with that namespace
+        ip.run_cell_magic("container", "--network container:nsmagic-t-cellnet --no-plot "
+                          "--output links,routes", "import os\nlinks = sorted(os.listdir("
+                          "'/sys/class/net'))\nroutes = open('/proc/net/fib_trie').read()")
+        assert ip.user_ns["_container"].exit_code == 0
+        assert ip.user_ns["links"] == ["eth0", "lo"]
+        assert records.load(web["id"])["ip"] in ip.user_ns["routes"]
+
+
 # --- the notebook's face
 
 
