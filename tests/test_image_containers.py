@@ -69,6 +69,27 @@ def test_kept_layer_within_the_storage_limit(store, no_leaks):
     assert 16 << 20 < size <= 32 << 20
 
 
+def test_the_kept_layer_is_the_containers_as_it_ended(store, tmp_path, no_leaks):
+    """The container is hostile to its keeper: a process it left running may not write on
+    after the main one exited (Docker stops them all), a sparse file the tmpfs held in no
+    blocks stays a hole on the store's disk (not 4 GiB), and many hard links stay links
+    (the keeper held an fd for each: 1100 of them ran it out of fds, and no layer was kept)."""
+    (tmp_path / "vol").mkdir()
+    script = ("(sleep 0.5; echo late > /vol/late) & truncate -s 4G /sparse; mkdir /d; "
+              "for i in $(seq 1100); do echo $i > /d/f$i; ln /d/f$i /d/g$i; done")
+    done = nsmagic("run", "-v", f"{tmp_path}/vol:/vol", "busybox", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    import time
+    time.sleep(1)
+    assert not (tmp_path / "vol/late").exists(), "a process outlived its container's end"
+    record, = kept(store)
+    sparse = os.stat(os.path.join(record.upper, "sparse"))
+    assert sparse.st_size == 4 << 30 and sparse.st_blocks * 512 < 1 << 20
+    linked = os.stat(os.path.join(record.upper, "d/g1100"))
+    assert linked.st_nlink == 2 and linked.st_ino == os.stat(
+        os.path.join(record.upper, "d/f1100")).st_ino
+
+
 def test_layer_views_and_wasted_bytes(store):
     image = catalog.find(layered(store), store)
     views = inspection.layers(store, image)

@@ -10,13 +10,21 @@ exited PID 1 closes the pipe and waits for the copy, then reports the exit. The 
 as upper.part and is renamed to upper when whole. Stdlib only.
 
 The upper is written by the container: it is read by fds, beneath its directory, never
-following a link; the destination is fresh and written O_EXCL | O_NOFOLLOW."""
+following a link, a FIFO never opened; holes stay holes (a sparse file the tmpfs held in a
+few blocks must not become gigabytes on the host's disk); the destination is fresh and
+written O_EXCL | O_NOFOLLOW. Before the copy, the container's other processes are killed
+(Docker's container stops with its main process): nothing changes the layer while it is
+read."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import signal
 import stat
+import sys
+import time
 
 OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
 KEPT_XATTRS = ("security.capability",)
@@ -90,6 +98,9 @@ def finish() -> None:
         return
     pid, w = _keeper
     _keeper = None
+    if not _stop_the_rest(keeper=pid):
+        os.close(w)
+        return            # the keeper itself died: nothing to wait for
     os.close(w)
     while True:
         try:
@@ -101,18 +112,53 @@ def finish() -> None:
             continue
 
 
+def _stop_the_rest(keeper: int) -> bool:
+    """In PID 1: SIGKILL every process of the container but PID 1 and the keeper, and reap
+    them (they are ours once orphaned), until none is left. False if the keeper died."""
+    keeper_alive = True
+    for _ in range(2000):
+        others = [int(p) for p in os.listdir("/proc")
+                  if p.isdigit() and int(p) not in (1, os.getpid(), keeper)]
+        for pid in others:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        while True:       # zombies stay listed in /proc until reaped
+            try:
+                reaped, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                reaped = 0
+            if reaped == 0:
+                break
+            keeper_alive = keeper_alive and reaped != keeper
+        if not others:
+            return keeper_alive
+        time.sleep(0.001)
+    return keeper_alive
+
+
 def copy(upper_fd: int, dest_fd: int, opaque_out: str) -> None:
+    """The copy, or nothing: a copy that fails (a layer the store cannot hold) leaves no
+    half layer behind."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))   # one level a directory
     os.mkdir("upper.part", 0o755, dir_fd=dest_fd)
     part = os.open("upper.part", DIR, dir_fd=dest_fd)
     try:
-        _copy_dir(upper_fd, part, opaque_out, {})
+        _copy_dir(upper_fd, part, opaque_out, {}, part, "")
         _attributes(upper_fd, part, None, opaque_out)
+    except BaseException:
+        import shutil
+        shutil.rmtree("upper.part", dir_fd=dest_fd, ignore_errors=True)
+        raise
     finally:
         os.close(part)
     os.rename("upper.part", "upper", src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
 
 
-def _copy_dir(src: int, dst: int, opaque_out: str, links: dict) -> None:
+def _copy_dir(src: int, dst: int, opaque_out: str, links: dict, top: int, here: str) -> None:
+    """`links`: an inode met with more links -> its copy's path under `top` (a path, not a
+    held fd: a layer of many hard links must not run the keeper out of fds)."""
     for name in os.listdir(src):
         st = os.stat(name, dir_fd=src, follow_symlinks=False)
         mode = st.st_mode
@@ -120,7 +166,7 @@ def _copy_dir(src: int, dst: int, opaque_out: str, links: dict) -> None:
             os.mkdir(name, 0o700, dir_fd=dst)
             s, d = os.open(name, DIR, dir_fd=src), os.open(name, DIR, dir_fd=dst)
             try:
-                _copy_dir(s, d, opaque_out, links)
+                _copy_dir(s, d, opaque_out, links, top, f"{here}{name}/")
                 _attributes(s, d, st, opaque_out)
             finally:
                 os.close(s)
@@ -128,13 +174,16 @@ def _copy_dir(src: int, dst: int, opaque_out: str, links: dict) -> None:
             continue
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in links:
-            os.link(links[key][1], name, src_dir_fd=links[key][0], dst_dir_fd=dst,
-                    follow_symlinks=False)
-            continue
+            try:
+                os.link(links[key], name, src_dir_fd=top, dst_dir_fd=dst,
+                        follow_symlinks=False)
+                continue
+            except OSError:   # a path too long to name: a copy of its own instead
+                pass
         if not _copy_node(src, dst, name, st):
             continue
         if st.st_nlink > 1:
-            links[key] = (os.dup(dst), name)
+            links[key] = here + name
 
 
 def _copy_node(src: int, dst: int, name: str, st: os.stat_result) -> bool:
@@ -158,22 +207,43 @@ def _copy_node(src: int, dst: int, name: str, st: os.stat_result) -> bool:
 
 
 def _copy_file(src: int, dst: int, name: str, st: os.stat_result) -> None:
-    i = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
+    # O_NONBLOCK: a FIFO put where the file was (by a rename) must not hold the open
+    i = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=src)
     try:
+        st = os.fstat(i)
+        if not stat.S_ISREG(st.st_mode):
+            return
         o = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                     0o600, dir_fd=dst)
         try:
-            left = st.st_size
-            while left > 0:   # sendfile: tmpfs to the store's disk, within the kernel
-                done = os.sendfile(o, i, None, min(left, 1 << 30))
-                if done == 0:
-                    break
-                left -= done
+            _copy_data(i, o, st.st_size)
             _attributes(i, o, st, None)
         finally:
             os.close(o)
     finally:
         os.close(i)
+
+
+def _copy_data(i: int, o: int, size: int) -> None:
+    """The file's data, extent by extent (SEEK_DATA/SEEK_HOLE); the holes between stay holes.
+    sendfile: tmpfs to the store's disk, within the kernel."""
+    os.ftruncate(o, size)
+    at = 0
+    while at < size:
+        try:
+            start = os.lseek(i, at, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:   # no data after `at`: a hole to the end
+                return
+            raise
+        end = min(os.lseek(i, start, os.SEEK_HOLE), size)
+        os.lseek(o, start, os.SEEK_SET)
+        while start < end:
+            done = os.sendfile(o, i, start, min(end - start, 1 << 30))
+            if done == 0:
+                return
+            start += done
+        at = end
 
 
 def _attributes(src: int, dst: int, st: os.stat_result | None, opaque_out: str | None):
