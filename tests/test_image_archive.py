@@ -150,3 +150,25 @@ def test_cli_save_load_rmi(store, tmp_path):
     assert "hello-world" in nsmagic("images").stdout
     done = nsmagic("load", "-i", str(tmp_path / "missing.tar"))
     assert done.returncode == 125 and done.stderr.startswith("nsmagic: cannot read")
+
+
+@pytest.mark.parametrize("limit,said", [("size", "decompresses to more than"),
+                                        ("disk", "would fill the store's disk")])
+def test_a_compressed_archive_that_expands_without_end_is_cut_off(tmp_path, monkeypatch,
+                                                                  limit, said):
+    """A few MB of gzip may hold gigabytes of zeros: the decompression into the store
+    stops at the unpacker's budget, or before the store's disk runs low (both scaled down
+    here: 64 MiB of zeros against a budget of 8 MiB, a disk that must keep 1 EiB free)."""
+    from nsmagic.images import unpack
+    if limit == "size":
+        monkeypatch.setattr(unpack, "MAX_BYTES", 8 << 20)
+    else:
+        monkeypatch.setattr(archive, "KEEP_FREE", 1 << 60)
+    path = tmp_path / "bomb.tar.gz"
+    with gzip.open(path, "wb") as f:
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    other = fresh(tmp_path)
+    with pytest.raises(NsmagicError, match=said):
+        archive.load(str(path), other)
+    assert os.listdir(other.path("tmp")) == []

@@ -85,6 +85,22 @@ def test_corrupt_blob_refused_by_digest(store, tmp_path, config_home, server, no
     assert os.listdir(fresh.path("layers")) == []
 
 
+def test_a_blob_longer_than_its_manifest_says_is_refused(store, tmp_path, config_home,
+                                                        server, no_leaks):
+    """A registry that sends on past the size the manifest gives (a hostile one could send
+    forever) is cut off at that size, not after filling the disk."""
+    name = f"{server.address}/long:1"
+    nsmagic("tag", "busybox", name)
+    assert nsmagic("push", "--insecure", name).returncode == 0
+    data = next(p for p in server.blobs() if p.stat().st_size > 1 << 20)
+    with open(data, "ab") as f:
+        f.write(bytes(8 << 20))
+    fresh = Store(str(tmp_path / "fresh")).ensure()
+    with open(os.devnull, "w") as quiet, pytest.raises(NsmagicError, match="is longer than"):
+        reg.pull(name, insecure=True, store=fresh, progress=reg.Progress(quiet))
+    assert fresh.images() == [] and os.listdir(fresh.path("tmp")) == []
+
+
 def test_errors_are_one_sentence(store, config_home):
     done = nsmagic("pull", "--insecure", "127.0.0.1:1/nothing")
     assert done.returncode == 125 and "cannot reach the registry 127.0.0.1:1" in done.stderr

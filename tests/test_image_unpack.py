@@ -228,3 +228,31 @@ def test_fuzz_unpacker(tmp_path_factory, data):
         unpack.remove_tree_at(fd, "dest")
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE])
+def test_a_huge_name_or_pax_record_is_refused_before_it_is_read(tmp_path, kind):
+    """tarfile reads a long-name or pax record into memory whole: a record of 64 MiB (a
+    gigabyte, in a hostile image) is refused from its header, before it is read."""
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size = kind, 64 << 20
+    head = header.tobuf(format=tarfile.GNU_FORMAT)
+
+    class Record(io.RawIOBase):   # the header, then the record's 64 MiB, made as read
+        served = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, buf):
+            n = min(len(buf), len(head) + header.size - self.served)
+            start = max(0, min(n, len(head) - self.served))
+            buf[:start] = head[self.served:self.served + start]
+            buf[start:n] = bytes(n - start)
+            self.served += n
+            return n
+    stream = Record()
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(UnpackError, match="tar header record of 67108864 bytes"):
+        unpack.unpack(stream, str(tmp_path / "dest"))
+    assert stream.served < 1 << 20, "the record was read"

@@ -22,13 +22,12 @@ import io
 import json
 import os
 import posixpath
-import shutil
 import sys
 import tarfile
 
 from ..errors import NsmagicError, SpecError
 from ..spec import OptionParser
-from . import catalog, compose, reference
+from . import catalog, compose, reference, unpack
 from . import store as st
 
 MAX_JSON = 16 << 20
@@ -47,7 +46,7 @@ class _Archive:
 
     def __init__(self, path: str):
         try:
-            self.tar = tarfile.open(path, "r:")
+            self.tar = unpack.open_tar(name=path, mode="r:")
         except (tarfile.TarError, OSError) as err:
             raise ArchiveError(f"{path} is not an image archive (not a tar: {err}); give a "
                                "file made by docker save, nsmagic save or skopeo.") from None
@@ -105,10 +104,32 @@ def _plain_tar(store: st.Store, path: str):
         stage = store.staging("load-")
         try:
             with open(os.path.join(stage, "archive.tar"), "wb") as out:
-                shutil.copyfileobj(st.decompressed(raw), out, st.CHUNK)
+                _bounded_copy(st.decompressed(raw), out, path)
             yield os.path.join(stage, "archive.tar")
         finally:
             st.remove(stage)
+
+
+KEEP_FREE = 1 << 30   # a decompressing archive stops before the store's disk has less free
+
+
+def _bounded_copy(src, out, path: str) -> None:
+    """A compressed archive decompressed, no larger than the unpacker takes of a layer and
+    never filling the store's disk (a few MB of zeros compress a thousandfold)."""
+    written = look_at = 0
+    while chunk := src.read(st.CHUNK):
+        out.write(chunk)
+        written += len(chunk)
+        if written > unpack.MAX_BYTES:
+            raise ArchiveError(f"{path} decompresses to more than "
+                               f"{unpack.MAX_BYTES >> 20} MiB: refused.")
+        if written >= look_at:     # at first, then every 64 MiB: the disk's free space
+            look_at = written + (64 << 20)
+            fs = os.fstatvfs(out.fileno())
+            if fs.f_bavail * fs.f_frsize < KEEP_FREE:
+                raise ArchiveError(f"{path} decompressed would fill the store's disk (less "
+                                   f"than {KEEP_FREE >> 30} GiB left): refused; make room "
+                                   "or load it uncompressed.")
 
 
 def load(path: str, store: st.Store | None = None, progress=None) -> list[str]:

@@ -414,7 +414,7 @@ class _Sources:
         """ADD's local archive: its members under the destination (names checked as the unpacker
         checks them; the layer is unpacked by the hardened unpacker in any case)."""
         report, what = unpack.Report(), f"the archive {os.path.basename(archive)}"
-        with tarfile.open(archive) as src:
+        with unpack.open_tar(name=archive) as src:
             for member in src:
                 rel = unpack.clean_name(member.name, report, what)
                 if not rel:

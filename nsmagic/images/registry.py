@@ -249,14 +249,22 @@ def pull(name: str, insecure: bool = False, store: st.Store | None = None,
     return store.find(ref.name)
 
 
+MAX_MANIFEST = 4 << 20   # what registries accept (the distribution spec's advice)
+
+
 def _manifest(client: Client, ref, what: str) -> tuple[bytes, str]:
     r = client.request("GET", f"/v2/{ref.repository}/manifests/{what}",
                        f"the manifest of {ref.repo}:{what}", ok=(200, 404),
-                       headers={"Accept": ACCEPT})
-    if r.status_code == 404:
-        raise catalog.ImageNotFound(f"the registry {client.registry} has no image "
-                                    f"{ref.repository}:{what}.")
-    raw = r.content
+                       headers={"Accept": ACCEPT}, stream=True)
+    with contextlib.closing(r):
+        if r.status_code == 404:
+            raise catalog.ImageNotFound(f"the registry {client.registry} has no image "
+                                        f"{ref.repository}:{what}.")
+        r.raw.decode_content = True
+        raw = r.raw.read(MAX_MANIFEST + 1)
+    if len(raw) > MAX_MANIFEST:
+        raise RegistryError(f"the manifest of {ref.repo}:{what} is larger than "
+                            f"{MAX_MANIFEST >> 20} MiB: refused.")
     expected = what if what.startswith("sha256:") else r.headers.get("Docker-Content-Digest")
     if expected and "sha256:" + hashlib.sha256(raw).hexdigest() != expected:
         raise RegistryError(f"the manifest of {ref.repo}:{what} does not match its digest "
@@ -305,6 +313,9 @@ class _Counting:
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
         self.seen += len(data)
+        if self.seen > self.desc.size:   # a registry that sends on must not fill the disk
+            raise RegistryError(f"the blob {self.desc.digest[:19]}… is longer than the "
+                                f"{self.desc.size} bytes its manifest gives: refused.")
         self.say.update(reference.short_id(self.desc.digest), self.seen, self.desc.size)
         return data
 

@@ -48,6 +48,34 @@ MAX_BYTES = 64 << 30
 MAX_ENTRIES = 2_000_000
 
 
+MAX_HEADER = 1 << 20      # a long name's or a pax record's bytes: read into memory whole
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a GNU long name or a pax header into memory whole, before any budget
+    sees it: a 1 MB archive could make the host allocate gigabytes. Those records are
+    refused above MAX_HEADER (a name is at most 4096 bytes; pax records hold a few)."""
+
+    def _proc_gnulong(self, tarfile):
+        self._bounded()
+        return super()._proc_gnulong(tarfile)
+
+    def _proc_pax(self, tarfile):
+        self._bounded()
+        return super()._proc_pax(tarfile)
+
+    def _bounded(self) -> None:
+        if self.size > MAX_HEADER:
+            raise UnpackError(f"a tar header record of {self.size} bytes (a long name or pax "
+                              f"header; at most {MAX_HEADER} taken): refused, the archive is "
+                              "broken or hostile.")
+
+
+def open_tar(**kw) -> tarfile.TarFile:
+    """tarfile.open for an archive an image brought: header records bounded."""
+    return tarfile.open(tarinfo=BoundedTarInfo, **kw)
+
+
 class UnpackError(NsmagicError):
     """A layer refused; str() says which member and why."""
 
@@ -145,7 +173,7 @@ def unpack(stream, dest: str, rootful: bool | None = None, limits: Limits = Limi
     layer = _Layer(dest_fd, limits, rootful, report, what)
     try:
         try:
-            archive = tarfile.open(fileobj=stream, mode="r|")
+            archive = open_tar(fileobj=stream, mode="r|")
         except tarfile.TarError as err:
             raise UnpackError(f"{what} is not a tar archive ({err}).") from None
         with archive:
