@@ -141,6 +141,23 @@ def test_add_extracts_a_local_archive(store, context, no_leaks):
     assert done.stdout == "A\nbundle.tar\n", done.stderr
 
 
+@pytest.mark.kernel
+def test_copy_takes_no_link_out_of_the_context(store, context, tmp_path, no_leaks):
+    """A context may hold links (a cloned repository, a tree a container wrote): COPY never
+    reads through one to the host's files. A link on the way is refused; a link named
+    itself is copied as a link."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/secret").write_text("host secret\n")
+    (context / "way").symlink_to(tmp_path / "outside")
+    (context / "named").symlink_to(tmp_path / "outside/secret")
+    for source in ("way/secret", "w*/secret"):
+        with pytest.raises(NsmagicError, match="goes through a symbolic link"):
+            build(store, context, text=f"FROM busybox\nCOPY {source} /s\n")
+    build(store, context, text="FROM busybox\nCOPY named /s\n")
+    done = nsmagic("run", "--rm", "demo", "sh", "-c", "readlink /s; cat /s")
+    assert done.stdout == f"{tmp_path}/outside/secret\n", done.stderr   # dangling inside
+
+
 @needs_root
 @pytest.mark.kernel
 @pytest.mark.parametrize("text,said", [

@@ -347,6 +347,13 @@ class _Sources:
         if not found:
             raise DockerfileError(f"{source!r} is not in the build "
                                   f"context {self.context}.")
+        for path in found:   # a link on the way may lead anywhere on the host: not taken
+            parent = os.path.dirname(path)
+            if os.path.realpath(parent) != parent:
+                raise DockerfileError(f"{source!r} goes through a symbolic link in the build "
+                                      f"context ({os.path.relpath(parent, self.context)}): "
+                                      "COPY and ADD read only the context's own files; name "
+                                      "the files where they are.")
         return found
 
     def _entries(self):
@@ -405,7 +412,8 @@ class _Sources:
         info.uid, info.gid = self.owner
         info.uname = info.gname = ""
         if info.isreg():
-            with open(host, "rb") as f:
+            with os.fdopen(os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC),
+                           "rb") as f:
                 tar.addfile(info, f)
         else:
             tar.addfile(info)
