@@ -343,3 +343,20 @@ def test_a_notebooks_detached_containers_go_with_its_kernel():
     finally:
         nsmagic("rm", "-f", "nsmagic-t-kept", "nsmagic-t-kernel", check=False)
     assert leftovers(kept["monitor"], within=10) == []
+
+
+def test_a_log_line_without_end_is_kept_in_pieces(tmp_path):
+    """A detached container's `yes | tr -d '\\n'` must not grow its monitor without bound
+    (nor re-split an ever longer line): entries of 16 KiB, as Docker's json-file makes."""
+    from nsmagic.containers import logs
+    fd = logs.open_log(str(tmp_path / "log"))
+    writer = logs.LogWriter(fd, "stdout")
+    for _ in range(100):
+        writer.write(b"y" * 1000)
+        assert len(writer.partial) < logs.MAX_LINE
+    writer.write(b"end\n")
+    writer.finish()
+    os.close(fd)
+    got = logs.entries(str(tmp_path / "log"))
+    assert "".join(e["log"] for e in got) == "y" * 100_000 + "end\n"
+    assert max(len(e["log"]) for e in got) <= logs.MAX_LINE

@@ -19,6 +19,9 @@ def stamp(t) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
 
+MAX_LINE = 16 << 10   # Docker's json-file splits longer lines into entries of this size
+
+
 class LogWriter:
     """A binary stream (what runtime.follow's Sink writes to) whose lines land in the log."""
 
@@ -30,7 +33,11 @@ class LogWriter:
     def write(self, data: bytes) -> int:
         text = self.partial + self.decoder.decode(data)
         *lines, self.partial = text.split("\n")
-        self._append([line + "\n" for line in lines])
+        lines = [line + "\n" for line in lines]
+        while len(self.partial) >= MAX_LINE:   # a line without end is kept in pieces, as
+            lines.append(self.partial[:MAX_LINE])   # Docker's: never held whole here
+            self.partial = self.partial[MAX_LINE:]
+        self._append(lines)
         return len(data)
 
     def flush(self) -> None:
