@@ -57,10 +57,7 @@ def exit_now(code: int) -> None:
 def run(argv: list[str]) -> int:
     from .spec import Spec, build_parser
     args = build_parser(prog="nsmagic run", face="cli").parse_args(argv)
-    words = list(args.command or ())
-    if words and words[0] != "--" and args.image is None:   # Docker's: IMAGE [COMMAND...]
-        args.image, args.command = words[0], words[1:]
-    spec = Spec.from_args(args)
+    spec = Spec.from_run_args(args)
     if args.detach:
         return _detached(spec, argv, args)
     if spec.is_python_cell:   # no command: Python, with the script from stdin

@@ -152,6 +152,15 @@ class Spec:
         return cls.from_args(args, script)
 
     @classmethod
+    def from_run_args(cls, args: argparse.Namespace) -> Spec:
+        """`nsmagic run`'s arguments, Docker's form too: IMAGE [COMMAND...] after the options
+        (`-- COMMAND` runs on the default image)."""
+        words = list(args.command or ())
+        if words and words[0] != "--" and args.image is None:
+            args.image, args.command = words[0], words[1:]
+        return cls.from_args(args)
+
+    @classmethod
     def from_args(cls, args: argparse.Namespace, script: str | None = None) -> Spec:
         command = list(args.command or ())
         if command and command[0] == "--":

@@ -150,6 +150,20 @@ def test_restart_keeps_the_name_and_runs_it_again(detached):
     assert records.status(records.load(record["id"])) == "running"
 
 
+def test_start_runs_its_image_again_on_the_files_it_left(detached):
+    """As Docker's: a started container is the same container: its image (busybox here,
+    not the host's directories) and its writable layer as its last run left it."""
+    record = detached("busybox", "sh", "-c",
+                      "echo run >> /runs; wc -l < /runs; readlink -f /bin/sh")
+    for runs in (1, 2, 3):
+        _wait_for(lambda: records.status(records.load(record["id"])) == "exited")
+        log = nsmagic("logs", record["name"]).stdout.split()
+        assert log[-2:] == [str(runs), "/bin/busybox"], log   # not the host's dash
+        if runs < 3:
+            nsmagic("start", record["name"])
+    assert nsmagic("diff", record["name"]).stdout == "A /runs\n"
+
+
 def test_rm_refuses_a_running_one_and_forces(detached):
     record = detached("--", "sleep", "60")
     refused = nsmagic("rm", record["name"], check=False)

@@ -30,8 +30,11 @@ ENTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def container_spec(record: dict) -> Spec:
-    """The spec the container was run with (its options, as given)."""
-    return Spec.from_argv(list(record.get("argv") or ["--", "true"]))
+    """The spec the container was run with (its options and image, as given to `run -d`)."""
+    from ..spec import build_parser
+    args = build_parser(prog="nsmagic run", face="cli").parse_args(
+        list(record.get("argv") or ["--", "true"]))
+    return Spec.from_run_args(args)
 
 
 class Exec(Run):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil  # imported here, by the fork server: the keeper runs inside the image's root
 import signal
 import stat
 import sys
@@ -140,20 +141,30 @@ def _stop_the_rest(keeper: int) -> bool:
 
 def copy(upper_fd: int, dest_fd: int, opaque_out: str) -> None:
     """The copy, or nothing: a copy that fails (a layer the store cannot hold) leaves no
-    half layer behind."""
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))   # one level a directory
+    half layer behind. It replaces the layer an earlier run of the container kept."""
     os.mkdir("upper.part", 0o755, dir_fd=dest_fd)
     part = os.open("upper.part", DIR, dir_fd=dest_fd)
     try:
-        _copy_dir(upper_fd, part, opaque_out, {}, part, "")
-        _attributes(upper_fd, part, None, opaque_out)
+        copy_tree(upper_fd, part, opaque_out)
     except BaseException:
-        import shutil
         shutil.rmtree("upper.part", dir_fd=dest_fd, ignore_errors=True)
         raise
     finally:
         os.close(part)
+    try:
+        os.rename("upper", "upper.old", src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
+    except FileNotFoundError:
+        pass
     os.rename("upper.part", "upper", src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
+    shutil.rmtree("upper.old", dir_fd=dest_fd, ignore_errors=True)
+
+
+def copy_tree(src: int, dst: int, opaque_out: str) -> None:
+    """What is under `src` into the empty directory `dst`, by fds: the keeper's copy, and a
+    container's kept layer put back as the upper layer of its next start."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))   # one level a directory
+    _copy_dir(src, dst, opaque_out, {}, dst, "")
+    _attributes(src, dst, None, opaque_out)
 
 
 def _copy_dir(src: int, dst: int, opaque_out: str, links: dict, top: int, here: str) -> None:

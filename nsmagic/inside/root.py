@@ -18,7 +18,7 @@ import stat
 
 from ..config import Bind, Layer, RootPlan
 from ..errors import SetupError
-from . import linux
+from . import keep, linux
 from .linux import (
     MNT_DETACH,
     MS_BIND,
@@ -247,7 +247,8 @@ def build(plan: RootPlan, fds: _Fds, rootless: bool) -> Root:
     while layers and layers[0].target == "/":
         stack.append(layers.pop(0))
     if stack:
-        _overlay(fds, stack, path, None, 0, rootless, plan.hidden, bool(plan.keep_dir))
+        kept = fds.get(plan.keep_dir) if plan.keep_dir else None
+        _overlay(fds, stack, path, None, 0, rootless, plan.hidden, kept)
     else:
         step("bind", "the new root", mount, path, path, None, MS_BIND)  # pivot_root needs a mount
     root = Root(path)
@@ -268,18 +269,21 @@ def build(plan: RootPlan, fds: _Fds, rootless: bool) -> Root:
 
 
 def _overlay(fds: _Fds, stack: list[Layer], path: str, root: Root | None, index: int,
-             rootless: bool, hidden: tuple[str, ...], kept: bool = False) -> None:
-    """One overlay at the stack's target: its layers read-only (the first on top), a fresh
-    upper layer on the scratch tmpfs."""
+             rootless: bool, hidden: tuple[str, ...], kept: int | None = None) -> None:
+    """One overlay at the stack's target: its layers read-only (the first on top), an upper
+    layer on the scratch tmpfs: fresh, or for a container that stays (`kept`: its directory
+    in the store), the layer its last run kept, as Docker's container keeps its files."""
     layer = stack[0]
     upper, work = f"{STAGE}/upper/{index}", f"{STAGE}/work/{index}"
     os.makedirs(upper)
     os.makedirs(work)
+    if kept is not None:
+        _put_back(kept, upper, rootless)
     _whiteouts(upper, fds[layer.source], layer.target, hidden)
     lower = ":".join(fd_path(fds[each.source]) for each in stack)
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    if kept:   # the upper is read back as a layer: a renamed directory must be copied up
-        options += ",redirect_dir=nofollow"   # whole, not recorded as a redirect xattr
+    if kept is not None:   # the upper is read back as a layer: a renamed directory must be
+        options += ",redirect_dir=nofollow"   # copied up whole, not recorded as a redirect
     if rootless:
         options += ",userxattr"   # trusted.* xattrs are root's; a user namespace uses user.*
     # nodev: a device node in an image opens nothing; nosuid: set-id bits mean nothing.
@@ -294,6 +298,22 @@ def _overlay(fds: _Fds, stack: list[Layer], path: str, root: Root | None, index:
              "overlay", flags, options)
     finally:
         os.close(target)
+
+
+def _put_back(kept: int, upper: str, rootless: bool) -> None:
+    """The layer a container's last run kept, copied into the new upper by fds (the store's
+    copy was written by the container: never followed through a link)."""
+    try:
+        layer = os.open("upper", keep.DIR, dir_fd=kept)
+    except FileNotFoundError:
+        return                                       # its first run
+    into = os.open(upper, keep.DIR)
+    try:
+        step("put back the container's layer in", upper, keep.copy_tree, layer, into,
+             "user.overlay.opaque" if rootless else "trusted.overlay.opaque")
+    finally:
+        os.close(into)
+        os.close(layer)
 
 
 def _whiteouts(upper: str, lower_fd: int, target: str, hidden: tuple[str, ...]) -> None:
@@ -312,7 +332,9 @@ def _whiteouts(upper: str, lower_fd: int, target: str, hidden: tuple[str, ...]) 
             if not os.path.isdir(f"{upper}/{part}"):
                 os.mkdir(f"{upper}/{part}", stat.S_IMODE(there.st_mode))
                 os.chown(f"{upper}/{part}", there.st_uid, there.st_gid)
-        step("hide", path, os.mknod, f"{upper}/{rel}", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+        if not os.path.lexists(f"{upper}/{rel}"):   # (a layer put back may have it)
+            step("hide", path, os.mknod, f"{upper}/{rel}", stat.S_IFCHR | 0o600,
+                 os.makedev(0, 0))
 
 
 def _bind(tree: _Tree, bind: Bind, root: Root) -> None:
