@@ -90,6 +90,19 @@ def test_the_kept_layer_is_the_containers_as_it_ended(store, tmp_path, no_leaks)
         os.path.join(record.upper, "d/f1100")).st_ino
 
 
+def test_a_layer_too_deep_for_paths_is_one_sentence(store, no_leaks):
+    """The keeper copies by fds, so a container may keep a tree whose paths are longer than
+    the kernel takes; diff and commit, which read it by path, say so in one sentence."""
+    script = ("d=$(printf 'a%.0s' $(seq 250)); mkdir /deep; cd /deep; "
+              "for i in $(seq 17); do mkdir $d; cd $d; done; echo x > f")
+    assert nsmagic("run", "busybox", "sh", "-c", script).returncode == 0
+    record, = kept(store)
+    for argv in (["diff", record.name], ["commit", record.name, "deep"]):
+        done = nsmagic(*argv)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        assert "a path longer than the kernel takes" in done.stderr, done.stderr
+
+
 def test_layer_views_and_wasted_bytes(store):
     image = catalog.find(layered(store), store)
     views = inspection.layers(store, image)

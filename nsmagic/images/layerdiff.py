@@ -10,11 +10,16 @@ has exited."""
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import os
 import stat
+import sys
 import tarfile
 from dataclasses import dataclass
+
+from ..errors import NsmagicError
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 KEPT_XATTRS = ("security.capability",)
@@ -84,6 +89,28 @@ def is_empty(upper: str) -> bool:
     return next(iter(_ordered(upper)), None) is None
 
 
+
+def _read_as_a_layer(read):
+    """A layer a container wrote may be deeper or longer-named than paths go: one sentence,
+    not a traceback (string paths reach PATH_MAX, about 2000 levels, before the depth the
+    recursion is allowed here)."""
+    @functools.wraps(read)
+    def reading(upper: str, *args, **kw):
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 5000))
+        try:
+            return read(upper, *args, **kw)
+        except OSError as err:
+            if err.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+                raise
+            raise NsmagicError(f"the writable layer holds a path longer than the kernel takes "
+                               f"({str(err.filename)[:60]}…): it cannot be read as a layer."
+                               ) from None
+        finally:
+            sys.setrecursionlimit(limit)
+    return reading
+
+@_read_as_a_layer
 def write_tar(upper: str, out) -> None:
     """The upper directory as an OCI layer tar written to the binary file `out`."""
     links: dict[tuple[int, int], str] = {}
@@ -151,6 +178,7 @@ def _xattrs(info: tarfile.TarInfo, path: str, st: os.stat_result) -> None:
             info.pax_headers[f"SCHILY.xattr.{name}"] = value.decode("utf-8", "surrogateescape")
 
 
+@_read_as_a_layer
 def changes(upper: str, lower_exists) -> list[Change]:
     """Docker's `diff`: every path the writable layer holds, A (not in the image), C (in
     it, changed) or D (deleted: a whiteout); `lower_exists(path)` says whether the image
