@@ -16,7 +16,17 @@ import sys  # noqa: E402
 from .errors import NsmagicError, SpecError  # noqa: E402
 
 EXIT_SETUP = 125
-EXIT_INTERRUPTED = 128 + 2   # SIGINT, as a shell reports a program Ctrl-C ended
+_stopped_by = [signal.SIGINT]   # the signal that stopped the run: its exit is 128 + it
+
+
+def stop_on_signals() -> None:
+    """From here on a stop has work to do: Ctrl-C, a kill (SIGTERM) and a closed terminal
+    (SIGHUP) all stop the container and clean up, as a KeyboardInterrupt does."""
+    def stop(signum, _frame):
+        _stopped_by[0] = signum
+        raise KeyboardInterrupt
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +75,7 @@ def run(argv: list[str]) -> int:
     from . import core
     from .runtime import forkserver
     forkserver.use_in_process()   # this process is small and single-threaded
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # now a stop has work to do
+    stop_on_signals()
     try:
         result = _run(spec)
     except core.Interrupted as stop:
@@ -74,7 +84,7 @@ def run(argv: list[str]) -> int:
                "before the container started")
         print(f"nsmagic: interrupted, {how}; nothing left behind.", file=sys.stderr)
         if result.exit_code is None:
-            return EXIT_INTERRUPTED
+            return 128 + _stopped_by[0]   # as a shell reports a program a signal ended
     if spec.profile:
         print(result.profile_table(), file=sys.stderr)
     if args.json:
@@ -208,7 +218,7 @@ def build(argv: list[str]) -> int:
     from .images.commands import build as build_image
     from .runtime import forkserver
     forkserver.use_in_process()   # each RUN clones its PID 1 from this small process
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_on_signals()
     return build_image(argv, out=sys.stdout.buffer, err=sys.stderr.buffer)
 
 

@@ -145,21 +145,27 @@ def _group_made(pid: int, within: float = 10.0) -> bool:
 
 @pytest.mark.kernel
 @needs_root
-@pytest.mark.parametrize("after", [0.0, 0.005, 0.02, 0.1, 0.3])
-def test_the_cli_interrupted_at_any_point_of_a_run_says_so_in_one_line(after):
-    """Ctrl-C while the run starts (its group just made), runs or ends: one line, exit 130
-    or the container's status, no traceback, nothing left behind. (A stop during start()
-    carries no result of a stopped container, and the CLI read one.)"""
+@pytest.mark.parametrize("sig,after", [(signal.SIGINT, a) for a in (0.0, 0.005, 0.02, 0.1, 0.3)]
+                         + [(signal.SIGTERM, a) for a in (0.0, 0.1)]
+                         + [(signal.SIGHUP, a) for a in (0.0, 0.1)])
+def test_the_cli_interrupted_at_any_point_of_a_run_says_so_in_one_line(sig, after):
+    """Ctrl-C (or a kill's SIGTERM, a closed terminal's SIGHUP: they killed the CLI outright
+    and left its groups) while the run starts (its group just made), runs or ends: one
+    line, exit 128 + the signal or the container's status, no traceback, nothing left
+    behind. (A stop during start() carries no result of a stopped container, and the CLI
+    read one.)"""
     cli = subprocess.Popen([sys.executable, "-m", "nsmagic", "run", "--mem", "64M", "--",
                             "sleep", "0.3"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     assert _group_made(cli.pid), "the run's group never appeared"
     time.sleep(after)
-    cli.send_signal(signal.SIGINT)
+    cli.send_signal(sig)
     err = cli.communicate(timeout=30)[1]
     assert "Traceback" not in err, err
     assert cli.returncode == 0 or cli.returncode >= 128, (cli.returncode, err)
     if cli.returncode:
         assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+        # the signal's own status, or the container's, ended by the stop (SIGINT, SIGTERM)
+        assert cli.returncode in (128 + sig, 128 + signal.SIGINT, 128 + signal.SIGTERM), err
     assert leftovers(cli.pid) == []
 
 

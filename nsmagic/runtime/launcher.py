@@ -456,24 +456,30 @@ def _image_for(spec: Spec):
     return runimage.for_spec(spec)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def interrupts_deferred():
-    """SIGINT (Ctrl-C, a notebook's stop button) is recorded, not raised, until the block is
-    done; then raised. Python runs signal handlers in the main thread only, so only there."""
+    """SIGINT (Ctrl-C, a notebook's stop button), SIGTERM and SIGHUP (a kill, a closed
+    terminal) are recorded, not acted on, until the block is done; then acted on. Python
+    runs signal handlers in the main thread only, so only there."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda sig, _frame: caught.append(sig))
+    previous = {sig: signal.signal(sig, lambda sig, _frame: caught.append(sig))
+                for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            if callable(previous):
-                previous(signal.SIGINT, None)
-            elif previous == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            if callable(previous[sig]):
+                previous[sig](sig, None)
+            elif previous[sig] == signal.SIG_DFL:
+                signal.raise_signal(sig)
 
 
 __all__ = ["Run"]
