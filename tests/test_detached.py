@@ -194,6 +194,40 @@ def test_rm_on_exit_stops_it_when_its_starter_exits(detached):
     assert leftovers(record["monitor"], within=10) == []
 
 
+@pytest.mark.parametrize("network", ["none", "bridge"])
+def test_a_starter_killed_during_the_start_leaves_the_container_running(network):
+    """`run -d --rm` whose CLI is SIGKILLed while the container starts (its record made,
+    its start not yet told): the container runs on, as Docker's. Its monitor died writing
+    "ok" to the gone CLI, took the container along and left its record."""
+    name = f"nsmagic-t-starter-{network}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    cli = subprocess.Popen([sys.executable, "-m", "nsmagic", "run", "-d", "--rm", "--name",
+                            name, "--network", network, "--", "sleep", "60"], cwd=REPO,
+                           stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:   # the record appears at the start's beginning
+            try:
+                records.load(name)
+                break
+            except Exception:  # noqa: BLE001 - not there yet, or being written
+                time.sleep(0.001)
+        cli.kill()
+        cli.wait()
+        _wait_for(lambda: records.load(name)["state"] != "created")
+        time.sleep(1)
+        assert records.status(records.load(name)) == "running"
+    finally:
+        nsmagic("rm", "-f", name, check=False)
+
+
+def test_a_killed_monitor_of_an_rm_container_leaves_no_record(detached):
+    record = detached("--rm", "--", "sleep", "60")
+    os.kill(record["monitor"], signal.SIGKILL)
+    _wait_for(lambda: not records.pid1_alive(records.load(record["id"])))
+    assert record["name"] not in nsmagic("ps", "-a").stdout
+    assert all(r["id"] != record["id"] for r in records.all_records())
+
+
 def test_a_killed_monitor_takes_its_container_along(detached):
     record = detached("--network", "bridge", "--", "sleep", "60")
     os.kill(record["monitor"], signal.SIGKILL)

@@ -33,9 +33,7 @@ def detach(spec, argv: list[str], *, auto_remove: bool = False,
     `watch`: a pid whose end stops and removes the container (--rm-on-exit). `record`: an
     exited container's, to run again (start, restart)."""
     fresh = record is None
-    if fresh:
-        record = records.new(spec, argv, auto_remove)
-    else:
+    if not fresh:
         records.update(record, state="created", exit_code=None, error=None, pid=None,
                        finished_at=None)
     watched = os.pidfd_open(watch) if watch else None
@@ -46,10 +44,15 @@ def detach(spec, argv: list[str], *, auto_remove: bool = False,
             os.close(ready_r)
             os.setsid()
             if os.fork() == 0:
+                # The record is the monitor's to make: a CLI killed before this point leaves
+                # nothing behind, one killed after it a container that runs (as Docker's).
+                mine = records.new(spec, argv, auto_remove) if fresh else record
                 # Its writable layer is kept at its end, as a kept container's (diff, commit).
-                _monitor(spec.replace(name=record["name"], keep_dir=record["_dir"],
-                                      hostname=spec.hostname or record["id"][:12]),
-                         record, ready_w, watched)
+                _monitor(spec.replace(name=mine["name"], keep_dir=mine["_dir"],
+                                      hostname=spec.hostname or mine["id"][:12]),
+                         mine, ready_w, watched, fresh)
+        except NsmagicError as error:   # the name is taken, say
+            _tell(ready_w, f"error {error}".encode())
         finally:
             os._exit(0)
     os.close(ready_w)
@@ -60,19 +63,13 @@ def detach(spec, argv: list[str], *, auto_remove: bool = False,
     while chunk := os.read(ready_r, 4096):
         said += chunk
     os.close(ready_r)
-    if said == b"ok":
-        return records.load(record["id"])
-    why = (said.decode(errors="replace").removeprefix("error ")
-           or "the container's monitor died before the container started.")
-    if fresh:
-        records.remove(record)
-    else:
-        records.update(record, state="exited", exit_code=125, error=why,
-                       finished_at=time.time())
-    raise SetupError(why)
+    if said.startswith(b"ok "):
+        return records.load(said[3:].decode())
+    raise SetupError(said.decode(errors="replace").removeprefix("error ")
+                     or "the container's monitor died before the container started.")
 
 
-def _monitor(spec, record: dict, ready: int, watched: int | None) -> None:
+def _monitor(spec, record: dict, ready: int, watched: int | None, fresh: bool) -> None:
     """The monitor process; never returns."""
     from ..inside import linux
     linux.set_name("nsmagic-monitor")
@@ -81,11 +78,11 @@ def _monitor(spec, record: dict, ready: int, watched: int | None) -> None:
     for fd in (0, 1, 2):           # the CLI's terminal and pipes are not ours to hold
         os.dup2(null, fd)
     os.close(null)
-    for sig in (signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):   # (SIGPIPE: a starter gone)
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)   # stop the container, then record it
     try:
-        _follow(spec, record, ready, watched)
+        _follow(spec, record, ready, watched, fresh)
     finally:
         os._exit(0)
 
@@ -94,7 +91,7 @@ def _interrupt(_signum, _frame):
     raise KeyboardInterrupt
 
 
-def _follow(spec, record: dict, ready: int, watched: int | None) -> None:
+def _follow(spec, record: dict, ready: int, watched: int | None, fresh: bool) -> None:
     from ..result import Stop, build
     from ..runtime import forkserver
     from ..runtime.follow import Follower
@@ -103,7 +100,7 @@ def _follow(spec, record: dict, ready: int, watched: int | None) -> None:
     log = logs.open_log(records.log_path(record))
     out, err = logs.LogWriter(log, "stdout"), logs.LogWriter(log, "stderr")
     run = Run(spec.replace(interval=INTERVAL, plot=False), out, err)
-    if not _start(run, record, ready):
+    if not _start(run, record, ready, fresh):
         return
     ended_by_owner = threading.Event()
     if watched is not None:
@@ -127,9 +124,10 @@ def _follow(spec, record: dict, ready: int, watched: int | None) -> None:
         records.remove(record)
 
 
-def _start(run, record: dict, ready: int) -> bool:
+def _start(run, record: dict, ready: int, fresh: bool) -> bool:
     """The container started and its network set up, the record saying so; the CLI hears
-    "ok", or the sentence why not."""
+    "ok ID", or the sentence why not (and a new container's record goes, a started one's
+    says it exited with 125)."""
     try:
         run.start()
         net = None
@@ -145,13 +143,26 @@ def _start(run, record: dict, ready: int) -> bool:
                        hostname=run.hostname, ip=net["ip"] if net else None,
                        ports=[_port(p) for p in net["ports"]] if net else [])
     except (NsmagicError, OSError) as error:
-        os.write(ready, f"error {error}".encode())
-        os.close(ready)
+        _tell(ready, f"error {error}".encode())
         run.close()
+        if fresh:
+            records.remove(record)
+        else:
+            records.update(record, state="exited", exit_code=125, error=str(error),
+                           finished_at=time.time())
         return False
-    os.write(ready, b"ok")
-    os.close(ready)
+    # A starter killed meanwhile does not hear it: the container goes on, as Docker's.
+    _tell(ready, b"ok " + record["id"].encode())
     return True
+
+
+def _tell(ready: int, what: bytes) -> None:
+    """The starting CLI hears how the start went, if it is still there to hear it."""
+    try:
+        os.write(ready, what)
+    except OSError:
+        pass
+    os.close(ready)
 
 
 def _port(p: list) -> str:

@@ -90,8 +90,24 @@ def load(ref: str) -> dict:
 
 
 def all_records() -> list[dict]:
-    """Every kept container (detached ones and the images branch's), newest first."""
-    return [view(r) for r in containers.records(_store())]
+    """Every kept container (detached ones and the images branch's), newest first. A --rm
+    container whose monitor was killed (SIGKILL: it could not remove the record itself) is
+    removed here, as it would have been."""
+    found, gone = [], False
+    for flat in (view(r) for r in containers.records(_store())):
+        if flat.get("auto_remove") and flat.get("monitor") and not monitor_alive(flat) \
+                and not pid1_alive(flat):
+            remove(flat)
+            gone = True
+        else:
+            found.append(flat)
+    if gone:   # and the groups named after its monitor
+        from .. import cgroups
+        try:
+            cgroups.sweep()
+        except (OSError, NsmagicError):
+            pass
+    return found
 
 
 def detached(flat: dict) -> bool:
