@@ -408,3 +408,18 @@ def test_a_log_line_without_end_is_kept_in_pieces(tmp_path):
     got = logs.entries(str(tmp_path / "log"))
     assert "".join(e["log"] for e in got) == "y" * 100_000 + "end\n"
     assert max(len(e["log"]) for e in got) <= logs.MAX_LINE
+
+
+def test_an_exec_whose_runner_died_before_it_started_goes_at_once():
+    """nsmagic-exec sets its parent-death signal once its interpreter has started: a runner
+    that died before then (its config already in the socket) must not leave it running on
+    the host, outside any container group, with the command it was asked to start."""
+    import socket
+
+    from nsmagic.containers.exec import ENTER
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:   # the runner named is not its parent: as if it had died and the
+        done = subprocess.run([sys.executable, "-I", "-S", ENTER, str(theirs.fileno()),
+                               str(os.getpid() + 1)], pass_fds=(theirs.fileno(),),
+                              timeout=30)   # process been re-parented
+    assert done.returncode == 125

@@ -110,7 +110,8 @@ class Exec(Run):
         pass on); it gets the config and fds on a socket."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", ENTER, str(theirs.fileno())],
+            proc = subprocess.Popen([sys.executable, "-I", "-S", ENTER, str(theirs.fileno()),
+                                     str(os.getpid())],
                                     pass_fds=(theirs.fileno(),), start_new_session=True,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, env={})

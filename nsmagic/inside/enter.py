@@ -22,7 +22,7 @@ import sys
 if __name__ == "__main__":   # run as a file, so `ps` shows a readable command line
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     from nsmagic.inside.enter import main
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]))
 
 from .. import config  # noqa: E402
 from ..config import ExecConfig  # noqa: E402
@@ -34,8 +34,10 @@ MAX_FDS = 4 + len(config.NAMESPACES)
 CHILD_FORWARDED = workload.FORWARDED
 
 
-def main(sock_fd: int) -> None:
+def main(sock_fd: int, runner: int) -> None:
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)   # dies with its runner
+    if os.getppid() != runner:   # which died while this interpreter started: too late for
+        os._exit(EXIT_SETUP)     # PDEATHSIG, and its config may be in the socket already
     linux.set_name("nsmagic-exec")
     status = Status(-1)
     try:
