@@ -423,3 +423,11 @@ def test_an_exec_whose_runner_died_before_it_started_goes_at_once():
                                str(os.getpid() + 1)], pass_fds=(theirs.fileno(),),
                               timeout=30)   # process been re-parented
     assert done.returncode == 125
+
+
+def test_stop_of_an_rm_container_is_not_refused(detached):
+    """stop waits for the recorded end, which a --rm container's monitor removes at once:
+    "there is no container" was said for a stop that worked."""
+    record = detached("--rm", "--", "sleep", "60")
+    done = nsmagic("stop", "-t", "1", record["name"], check=False)
+    assert (done.returncode, done.stdout) == (0, record["name"] + "\n"), done.stderr

@@ -271,7 +271,10 @@ def stop_container(record: dict, grace: float) -> None:
         pass
     finally:
         os.close(fd)
-    _exit_code(record["id"])
+    try:
+        _exit_code(record["id"])
+    except records.NoSuchContainer:   # --rm: its monitor removed it once it ended
+        pass
 
 
 def kill(argv: list[str]) -> int:
