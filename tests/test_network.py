@@ -660,3 +660,24 @@ def test_a_helper_killed_outright_is_replaced_and_adopts_what_it_left(no_leaks):
             _stop(second)
     finally:
         _stop(first)
+
+
+def test_a_starting_helper_forgets_the_sockets_of_killed_ones(tmp_path):
+    """A helper SIGKILLed (of another version of the code: the same one rebinds its path)
+    leaves its socket in the runtime directory; the next helper to start removes those
+    nothing listens on, old ones only (a helper just started binds before it listens)."""
+    from nsmagic.net import netd
+    made = {}
+    for name in ("dead", "young-dead", "live"):
+        made[name] = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        made[name].bind(str(tmp_path / f"netd-{name}.sock"))
+    made["live"].listen(1)
+    made["dead"].close()
+    made["young-dead"].close()
+    old = time.time() - 3600
+    for name in ("dead", "live"):
+        os.utime(tmp_path / f"netd-{name}.sock", (old, old))
+    netd._forget_dead_helpers(str(tmp_path / "netd-mine.sock"))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["netd-live.sock", "netd-young-dead.sock"], left
+    made["live"].close()

@@ -382,6 +382,27 @@ def _sentence(err: BaseException) -> str:
     return f"can't set up the container's network: {type(err).__name__}: {err}"
 
 
+def _forget_dead_helpers(mine: str) -> None:
+    """Sockets of helpers of other versions of the code that were killed (a helper that
+    exits removes its own): nothing listens on them. Only old ones: a helper just started
+    binds a moment before it listens."""
+    import glob
+    import time
+    for path in glob.glob(os.path.join(os.path.dirname(mine), "netd-*.sock")):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            if path == mine or time.time() - os.lstat(path).st_mtime < 60:
+                continue
+            probe.connect(path)
+        except ConnectionRefusedError:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            probe.close()
+
+
 def main() -> None:
     """`python -c ... main() READY_FD`: the listening socket first (runners that come
     meanwhile queue on it), a line on READY_FD, then pyroute2's import and the loop."""
@@ -396,6 +417,7 @@ def main() -> None:
         os.unlink(path)
     listener.bind(path)
     listener.listen(128)
+    _forget_dead_helpers(path)
     if len(sys.argv) > 1:
         ready = int(sys.argv[1])
         os.write(ready, b"ready\n")
