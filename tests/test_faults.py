@@ -46,6 +46,20 @@ def _sleeper_in(group: str) -> subprocess.Popen:
     return proc
 
 
+def _remove_groups(*groups: str) -> None:
+    """A test's scratch groups, in order (children first); a group whose last process was
+    just killed may stay busy for a moment."""
+    for group in groups:
+        for _ in range(100):
+            try:
+                os.rmdir(group)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.01)
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
@@ -79,15 +93,7 @@ def test_sweep_never_touches_a_delegated_groups_leaf(tmp_path):
         for proc in (kept, gone):
             proc.kill()
             proc.wait()
-        for group in (dead_run, f"{scope}/{LEAF}", scope):
-            for _ in range(100):
-                try:
-                    os.rmdir(group)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
+        _remove_groups(dead_run, f"{scope}/{LEAF}", scope)
 
 
 @pytest.fixture
@@ -202,15 +208,7 @@ def test_groups_a_killed_runner_left_under_another_cgroup_go_after_the_next_run(
     finally:
         sleeper.kill()
         sleeper.wait()
-        for group in (old, busy, young, other):
-            for _ in range(100):
-                try:
-                    os.rmdir(group)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
+        _remove_groups(old, busy, young, other)
 
 
 @pytest.mark.core

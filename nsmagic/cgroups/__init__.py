@@ -79,14 +79,7 @@ def sweep(layout: Layout | None = None) -> list[str]:
     for path in stale:
         _kill_all_in(path)
     _wait_gone(stale)
-    removed = []
-    for path in stale:
-        try:
-            remove_tree(path, tries=1)
-            removed.append(path)
-        except (OSError, CgroupError):
-            pass
-    return removed
+    return [path for path in stale if _removed(path)]
 
 
 def sweep_elsewhere(layout: Layout | None = None) -> list[str]:
@@ -106,13 +99,18 @@ def sweep_elsewhere(layout: Layout | None = None) -> list[str]:
             for name in stale:
                 path = os.path.join(here, name)
                 if _is_stale(path) and _idle_since(path) > ELSEWHERE_AFTER_S \
-                        and not subtree_pids(path):
-                    try:
-                        remove_tree(path, tries=1)
-                        removed.append(path)
-                    except (OSError, CgroupError):
-                        pass
+                        and not subtree_pids(path) and _removed(path):
+                    removed.append(path)
     return removed
+
+
+def _removed(path: str) -> bool:
+    """Removed (children first), or still busy: a later sweep's."""
+    try:
+        remove_tree(path, tries=1)
+        return True
+    except (OSError, CgroupError):
+        return False
 
 
 def _idle_since(path: str) -> float:
