@@ -329,9 +329,12 @@ def _whiteouts(upper: str, lower_fd: int, target: str, hidden: tuple[str, ...]) 
         for depth, _ in enumerate(parent.split("/") if parent else []):
             part = "/".join(parent.split("/")[:depth + 1])
             there = os.stat(f"{fd_path(lower_fd)}/{part}", follow_symlinks=False)
-            if not os.path.isdir(f"{upper}/{part}"):
+            if not os.path.lexists(f"{upper}/{part}"):
                 os.mkdir(f"{upper}/{part}", stat.S_IMODE(there.st_mode))
                 os.chown(f"{upper}/{part}", there.st_uid, there.st_gid)
+            elif not stat.S_ISDIR(os.lstat(f"{upper}/{part}").st_mode):   # a layer put back
+                raise SetupError(f"cannot hide {path}: /{part} in the container's kept layer "
+                                 "is not a directory.")
         if not os.path.lexists(f"{upper}/{rel}"):   # (a layer put back may have it)
             step("hide", path, os.mknod, f"{upper}/{rel}", stat.S_IFCHR | 0o600,
                  os.makedev(0, 0))
