@@ -2,6 +2,7 @@
 the cgroup layer's edges (a delegated group's leaf swept, a kill that gave up silently, a
 limit file that is not a number) and the CLI interrupted at any point of a run."""
 
+import contextlib
 import glob
 import os
 import signal
@@ -245,3 +246,33 @@ def test_exit_while_a_spare_is_being_asked_for_joins_it_instead_of_failing(monke
                                           unconfined=False), None)
     closing[0].join(10)
     assert not closing[0].is_alive() and not failed, failed
+
+
+@pytest.mark.kernel
+@needs_root
+def test_a_run_whose_shared_parent_goes_meanwhile_makes_it_again(monkeypatch):
+    """root's runs share <cgroup2>/nsmagic, which the last run's teardown removes: a run
+    starting at that moment found it gone between the parent's mkdir and its own (seen in
+    CI: 'cannot create cgroup .../nsmagic/nsmagic-...: no such file or directory')."""
+    from nsmagic.cgroups import v2
+    layout = cgroups.detect()
+    if layout.v2_mount is None:
+        pytest.skip("this kernel has no cgroup2 hierarchy mounted")
+    real, calls, removed = v2.run_parent, [], []
+
+    def parent_then_gone(layout):
+        parent = real(layout)
+        calls.append(parent)
+        if len(calls) == 1:     # another run's teardown, just now
+            with contextlib.suppress(OSError):   # (busy: other runs are in it)
+                os.rmdir(parent)
+                removed.append(parent)
+        return parent
+    monkeypatch.setattr(v2, "run_parent", parent_then_gone)
+    parent, group = v2.make_run_group(layout, f"nsmagic-{os.getpid()}-parentgone")
+    try:
+        assert os.path.isdir(group)
+        assert len(calls) == (2 if removed else 1)   # made again, then the group in it
+    finally:
+        _remove_groups(group)
+        v2.remove_shared_parent(parent)

@@ -113,10 +113,8 @@ class CgroupV1(Cgroup):
         self._inherit_cpuset()
         self._allow_devices()
         if self.layout.v2_mount and os.geteuid() == 0:
-            from .v2 import run_parent
-            self.unified_parent = run_parent(self.layout)
-            self.unified = os.path.join(self.unified_parent, self.name)
-            make_dir(self.unified)
+            from .v2 import make_run_group
+            self.unified_parent, self.unified = make_run_group(self.layout, self.name)
 
     def _inherit_cpuset(self) -> None:
         """A new cpuset group has no CPUs and no memory nodes, and no task may join it

@@ -32,6 +32,22 @@ IO_MAX_KEYS = (("rbps", "read_bps"), ("wbps", "write_bps"), ("riops", "read_iops
 LEAF = "nsmagic-leaf"
 
 
+def make_run_group(layout: Layout, name: str) -> tuple[str, str]:
+    """(parent, group): the run's group made in its parent. The shared parent goes when its
+    last run leaves it (remove_shared_parent, in another run's teardown): made again if it
+    went between the two mkdirs."""
+    for attempt in range(5):
+        parent = run_parent(layout)
+        group = os.path.join(parent, name)
+        try:
+            make_dir(group)
+        except CgroupError as err:
+            if isinstance(err.__cause__, FileNotFoundError) and attempt < 4:
+                continue
+            raise
+        return parent, group
+
+
 def run_parent(layout: Layout) -> str:
     """The directory a run's group is made in; enables the controllers it needs on the way."""
     mount = layout.v2_mount
@@ -132,9 +148,7 @@ class CgroupV2(Cgroup):
         return (CgroupMount("cgroup2", "", ""),)
 
     def make(self) -> None:
-        self.parent = run_parent(self.layout)
-        self.dir = os.path.join(self.parent, self.name)
-        make_dir(self.dir)
+        self.parent, self.dir = make_run_group(self.layout, self.name)
 
     def apply(self) -> None:
         enabled = _available(self.dir)
