@@ -64,7 +64,11 @@ def detach(spec, argv: list[str], *, auto_remove: bool = False,
         said += chunk
     os.close(ready_r)
     if said.startswith(b"ok "):
-        return records.load(said[3:].decode())
+        cid, _, name = said[3:].decode().partition(" ")
+        try:
+            return records.load(cid)
+        except records.NoSuchContainer:   # --rm, and it has ended already
+            return {"id": cid, "name": name}
     raise SetupError(said.decode(errors="replace").removeprefix("error ")
                      or "the container's monitor died before the container started.")
 
@@ -152,7 +156,7 @@ def _start(run, record: dict, ready: int, fresh: bool) -> bool:
                            finished_at=time.time())
         return False
     # A starter killed meanwhile does not hear it: the container goes on, as Docker's.
-    _tell(ready, b"ok " + record["id"].encode())
+    _tell(ready, f"ok {record['id']} {record['name']}".encode())
     return True
 
 
