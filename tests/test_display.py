@@ -270,9 +270,10 @@ def test_widget_dashboard_updates_by_comm_and_leaves_a_static_png(kernel):
                      and m["content"]["data"]["method"] == "update"]
     assert len(image_updates) >= 3
     # the last frame: after the cell (test_display_handle_updates... checks when it comes)
-    final = [m for m in messages + _late(kc, reply) if m["msg_type"] == "update_display_data"
+    late = _late(kc, reply)
+    final = [m for m in messages + late if m["msg_type"] == "update_display_data"
              and "image/png" in m["content"]["data"]]
-    assert final, _text(messages)
+    assert final, _text(messages + late)
     assert (final[-1]["content"]["transient"]["display_id"]
             == shown[0]["content"]["transient"]["display_id"])
 
